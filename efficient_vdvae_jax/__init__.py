@@ -1,0 +1,1 @@
+"""Efficient-VDVAE in JAX (flax linen + optax, data parallel over devices)."""

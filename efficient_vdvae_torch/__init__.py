@@ -1,0 +1,1 @@
+"""Efficient-VDVAE in PyTorch (DistributedDataParallel)."""

@@ -1,0 +1,42 @@
+"""Shared pytest fixtures: the reference fixture folder and small configs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests run on the CPU, whatever the machine has.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE_DIR = FIXTURES / "original_torch_small"
+REFERENCE_CONFIG = REFERENCE_DIR / "config.cfg"
+# The overrides the reference outputs were produced with (expected.json).
+REFERENCE_OVERRIDES = (
+    "train.batch_size=4",
+    "val.batch_size=4",
+    "synthesis.batch_size=4",
+    "run.num_gpus=1",
+)
+
+
+@pytest.fixture
+def reference_config():
+    """The small configuration of the original-code reference outputs."""
+    from hparams import load_config
+
+    return load_config(REFERENCE_CONFIG, overrides=REFERENCE_OVERRIDES)
+
+
+@pytest.fixture
+def make_config():
+    """Build a config from the reference one with extra `section.key=value` overrides."""
+    from hparams import load_config
+
+    def _make(*overrides: str):
+        return load_config(REFERENCE_CONFIG, overrides=REFERENCE_OVERRIDES + tuple(overrides))
+
+    return _make
