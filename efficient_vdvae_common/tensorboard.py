@@ -1,0 +1,83 @@
+"""A TensorBoard event writer for numpy values, shared by both trainers.
+
+Built on the `tensorboard` package's own EventFileWriter and protos, so it
+needs neither TensorFlow nor torch: scalars, histograms and images (uint8,
+channels-last) become the same summaries `tensorboard --logdir` shows.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2, histogram_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from efficient_vdvae_common.images import encode_png
+
+
+def histogram_proto(values: np.ndarray, bins: int = 30) -> histogram_pb2.HistogramProto | None:
+    """A HistogramProto of the finite entries of `values` (None when there are none).
+
+    Non-finite entries are dropped: one NaN weight must not stop the logging of
+    the step that shows it.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    counts, edges = np.histogram(values, bins=bins)
+    # TensorBoard buckets are described by their right edges.
+    return histogram_pb2.HistogramProto(
+        min=float(values.min()), max=float(values.max()), num=float(values.size),
+        sum=float(values.sum()), sum_squares=float(np.dot(values, values)),
+        bucket_limit=edges[1:].tolist(), bucket=counts.astype(np.float64).tolist())
+
+
+class TensorBoardWriter:
+    """Writes summaries of one run mode (e.g. logs-<name>/train) to an event file."""
+
+    def __init__(self, logdir: str | Path, flush_secs: int = 30):
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventFileWriter(str(self.logdir), flush_secs=flush_secs)
+
+    def _write(self, value: summary_pb2.Summary.Value, step: int) -> None:
+        event = event_pb2.Event(wall_time=time.time(), step=int(step),
+                                summary=summary_pb2.Summary(value=[value]))
+        self._writer.add_event(event)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._write(summary_pb2.Summary.Value(tag=tag, simple_value=float(value)), step)
+
+    def add_scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
+        """One scalar per entry, tagged `prefix + key`."""
+        for key, value in values.items():
+            self.add_scalar(prefix + key, value, step)
+
+    def add_histogram(self, tag: str, values: np.ndarray, step: int, bins: int = 30) -> None:
+        histogram = histogram_proto(values, bins)
+        if histogram is not None:
+            self._write(summary_pb2.Summary.Value(tag=tag, histo=histogram), step)
+
+    def add_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """A uint8 image (H, W), (H, W, 1) or (H, W, 3)."""
+        image = np.asarray(image)
+        height, width = image.shape[:2]
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        encoded = summary_pb2.Summary.Image(height=height, width=width, colorspace=channels,
+                                            encoded_image_string=encode_png(image))
+        self._write(summary_pb2.Summary.Value(tag=tag, image=encoded), step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> "TensorBoardWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
