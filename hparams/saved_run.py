@@ -1,0 +1,140 @@
+"""Saved runs: the first run of a name keeps its configuration, later runs
+(resumed training, synthesis) read that copy.
+
+`logs-<name>/hparams-<name>.cfg` is written once, atomically, by one
+process. A later run of the same name loads it instead of the main file, so
+a resumed run and its inference use exactly the settings it was trained
+with; overrides may still change training and synthesis settings, but not
+what defines the model or its data.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from .config import Config, build_config, evaluate_entry, parse_override
+from .errors import ConfigError
+from .formatting import format_value
+from .reader import ParsedFile, read_file, rewrite
+from .schema import FROZEN_IN_SAVED_RUN, SCHEMA
+
+
+def logs_dir(name: str, root: str | Path = ".") -> Path:
+    return Path(root) / f"logs-{name}"
+
+
+def checkpoints_dir(name: str, root: str | Path = ".") -> Path:
+    return Path(root) / f"checkpoints-{name}"
+
+
+def saved_config_path(name: str, root: str | Path = ".") -> Path:
+    return logs_dir(name, root) / f"hparams-{name}.cfg"
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a file so that readers see either nothing or all of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def run_name(path: str | Path, overrides: Iterable[str] = ()) -> str:
+    """The run name a file and its overrides select, without full validation."""
+    parsed = read_file(path)
+    text, where = None, str(path)
+    entry = parsed.sections.get("run", {}).get("name")
+    if entry is not None:
+        text, where = entry.text, f"{parsed.source}:{entry.first_line + 1}"
+    for override in overrides:
+        section, key, value = parse_override(override)
+        if (section, key) == ("run", "name"):
+            text, where = value, f"override {override!r}"
+    if text is None:
+        raise ConfigError(f"{parsed.source}: [run] name is missing")
+    name = evaluate_entry("run", "name", text, where)
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"{where}: [run] name = {text}: must be a plain name (no '/')")
+    return name
+
+
+def load_run_config(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    *,
+    save: bool = False,
+    is_writer: bool = True,
+    root: str | Path = ".",
+) -> Config:
+    """The configuration of a run, honouring its saved copy.
+
+    Args:
+        path: the main `.cfg` file (e.g. `./hparams.cfg`).
+        overrides: `section.key=value` strings for this invocation only.
+        save: write the saved copy if the run has none yet (training does).
+        is_writer: whether this process writes it (rank 0 of a data-parallel
+            run); other processes use the same values without writing.
+        root: where `logs-<name>/` lives (the working directory).
+
+    Raises:
+        ConfigError: invalid file or value, or an override that would change
+            a saved run's model or data settings. Nothing is written then.
+    """
+    overrides = tuple(overrides)
+    name = run_name(path, overrides)
+    saved = saved_config_path(name, root)
+    if saved.is_file():
+        parsed = read_file(saved)
+        _refuse_frozen_changes(parsed, overrides, saved)
+        return build_config(parsed, overrides)
+    parsed = read_file(path)
+    config = build_config(parsed, overrides)
+    if save and is_writer:
+        write_text_atomic(saved, render_saved_config(parsed, overrides, config))
+    return config
+
+
+def _refuse_frozen_changes(parsed: ParsedFile, overrides: tuple[str, ...], saved: Path) -> None:
+    saved_config = build_config(parsed)
+    for override in overrides:
+        section, key, text = parse_override(override)
+        if (section, key) not in FROZEN_IN_SAVED_RUN:
+            continue
+        wanted = evaluate_entry(section, key, text, f"override {override!r}")
+        current = getattr(getattr(saved_config, section), key)
+        if wanted != current:
+            raise ConfigError(
+                f"override {override!r}: [{section}] {key} of a saved run cannot change "
+                f"(it was trained with {current!r}; see {saved}); use a new run.name instead"
+            )
+
+
+def render_saved_config(parsed: ParsedFile, overrides: tuple[str, ...], config: Config) -> str:
+    """The main file's text, comments kept, with overridden values written
+    in, and every default the file relied on written out, so the saved run
+    does not change if a default changes later."""
+    values: dict[tuple[str, str], str] = {}
+    for override in overrides:
+        section, key, _ = parse_override(override)
+        values[(section, key)] = format_value(getattr(getattr(config, section), key))
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            if key not in parsed.sections.get(section, {}):
+                values[(section, key)] = format_value(getattr(getattr(config, section), key))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    header = f"# Saved configuration of run '{config.run.name}', from {parsed.source} on {stamp}."
+    if overrides:
+        header += "\n# Overrides applied: " + " ".join(overrides)
+    header += "\n# Later runs of this name read this file; edit synthesis settings here.\n"
+    return rewrite(parsed, values, header)
