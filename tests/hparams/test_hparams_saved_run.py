@@ -1,0 +1,94 @@
+"""Saved runs: written once, reused by later processes, frozen model/data."""
+import subprocess
+import sys
+
+import pytest
+
+from hparams import ConfigError, load_config, load_run_config, saved_config_path
+from tests.hparams.helpers import REFERENCE_CONFIG, write_config
+
+
+def run_hparams_cli(cwd, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "hparams", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_first_run_saves_and_later_runs_read_it(tmp_path):
+    main = write_config(tmp_path, {("run", "name"): "myrun"})
+    config = load_run_config(main, ["train.batch_size=8"], save=True, root=tmp_path)
+    saved = saved_config_path("myrun", tmp_path)
+    assert saved.is_file() and saved.parent.name == "logs-myrun"
+    assert config.train.batch_size == 8
+    # The saved copy holds the override and reloads to the same values.
+    assert load_config(saved).to_dict() == config.to_dict()
+    # No temporary file is left beside it.
+    assert [p.name for p in saved.parent.iterdir()] == ["hparams-myrun.cfg"]
+
+    # The main file changes; a new process running the same name sees the saved values.
+    write_config(tmp_path, {("run", "name"): "myrun", ("optimizer", "learning_rate"): "5e-1"})
+    result = run_hparams_cli(tmp_path, "--config", "hparams.cfg")
+    assert result.returncode == 0, result.stderr
+    assert "learning_rate = 0.001" in result.stdout
+    assert "batch_size = 8" in result.stdout
+
+
+def test_saved_copy_keeps_comments(tmp_path):
+    text = REFERENCE_CONFIG.read_text().replace("[run]", "[run]\n# my favourite run")
+    main = tmp_path / "hparams.cfg"
+    main.write_text(text)
+    load_run_config(main, ["val.batch_size=2"], save=True, root=tmp_path)
+    saved_text = saved_config_path("small", tmp_path).read_text()
+    assert "# my favourite run" in saved_text
+    assert "Overrides applied: val.batch_size=2" in saved_text
+
+
+def test_saved_run_refuses_model_and_data_overrides(tmp_path):
+    main = write_config(tmp_path, {})
+    load_run_config(main, save=True, root=tmp_path)
+    with pytest.raises(ConfigError, match="\\[model\\] up_filters of a saved run cannot change"):
+        load_run_config(main, ["model.up_filters=[64] * 7"], root=tmp_path)
+    with pytest.raises(ConfigError, match="\\[data\\] num_bits"):
+        load_run_config(main, ["data.num_bits=5"], root=tmp_path)
+    # The same value, data paths and synthesis settings are fine.
+    config = load_run_config(
+        main,
+        ["data.num_bits=8", "data.train_data_path=/new/place", "synthesis.synthesis_mode=generation",
+         "synthesis.output_temperature=0.8"],
+        root=tmp_path,
+    )
+    assert config.synthesis.synthesis_mode == "generation"
+    assert config.data.train_data_path == "/new/place"
+
+
+def test_non_writer_does_not_write(tmp_path):
+    main = write_config(tmp_path, {})
+    config = load_run_config(main, save=True, is_writer=False, root=tmp_path)
+    assert config.run.name == "small"
+    assert not (tmp_path / "logs-small").exists()
+
+
+def test_bad_config_exits_2_and_writes_nothing(tmp_path):
+    write_config(tmp_path, {("train", "batch_size"): "__import__('os').getcwd()"})
+    result = run_hparams_cli(tmp_path, "--config", "hparams.cfg")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "[train] batch_size" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hparams.cfg"]
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    result = run_hparams_cli(tmp_path, "--config", "nope.cfg")
+    assert result.returncode == 2
+    assert "nope.cfg: configuration file not found" in result.stderr
+
+
+def test_hparams_registry(tmp_path, monkeypatch):
+    from hparams import HParams
+
+    write_config(tmp_path, {})
+    monkeypatch.chdir(tmp_path)
+    hp = HParams(tmp_path, name="test_registry")
+    assert HParams.get_hparams_by_name("test_registry") is hp
+    assert hp.model.up_strides == [1, 2, 1, 2, 1, 4, 1]
+    assert (tmp_path / "logs-small" / "hparams-small.cfg").is_file()
