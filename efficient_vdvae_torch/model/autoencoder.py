@@ -1,0 +1,197 @@
+"""The hierarchical VAE: bottom-up encoder, top-down decoder (SPEC.md sections 3 and 4)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from efficient_vdvae_torch.model.conv2d import Conv2d
+from efficient_vdvae_torch.model.latent_layers import LatentStats
+from efficient_vdvae_torch.model.layers import LevelBlockDown, LevelBlockUp, num_latent_groups
+from efficient_vdvae_torch.model.output_distribution import OutputDistribution, sample_output
+
+
+def validate_architecture(hp) -> None:
+    """Raise one clear ValueError, naming the key, for an inconsistent model section."""
+    m = hp.model
+    up_keys = ("up_strides", "up_n_blocks_per_res", "up_n_blocks", "up_n_layers", "up_filters",
+               "up_mid_filters_ratio", "up_kernel_size", "up_skip_filters")
+    down_keys = ("down_strides", "down_n_blocks_per_res", "down_n_blocks", "down_n_layers", "down_filters",
+                 "down_mid_filters_ratio", "down_kernel_size", "down_latent_variates")
+    for keys in (up_keys, down_keys):
+        lengths = {k: len(getattr(m, k)) for k in keys}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"model: per-level lists must have equal lengths, got {lengths}")
+    if list(m.up_strides) != list(m.down_strides)[::-1]:
+        raise ValueError("model.up_strides must equal model.down_strides reversed")
+    stride_product = math.prod(m.down_strides)
+    if hp.data.target_res % stride_product:
+        raise ValueError(f"data.target_res = {hp.data.target_res} is not divisible by prod(model.down_strides) "
+                         f"= {stride_product}")
+    up_in = [m.input_conv_filters] + list(m.up_filters[:-1])
+    for i, stride in enumerate(m.up_strides):
+        if stride == 1 and m.up_filters[i] != up_in[i]:
+            raise ValueError(f"model.up_filters[{i}] = {m.up_filters[i]}: a stride-1 level keeps its width "
+                             f"{up_in[i]}")
+    down_in = [m.down_filters[0]] + list(m.down_filters[:-1])
+    for i, stride in enumerate(m.down_strides):
+        if stride == 1 and m.down_filters[i] != down_in[i]:
+            raise ValueError(f"model.down_filters[{i}] = {m.down_filters[i]}: a stride-1 level keeps its width "
+                             f"{down_in[i]}")
+        if m.up_skip_filters[::-1][i] != m.down_filters[i]:
+            raise ValueError(f"model.up_skip_filters[::-1][{i}] = {m.up_skip_filters[::-1][i]} must equal "
+                             f"model.down_filters[{i}] = {m.down_filters[i]}")
+
+
+def latent_resolutions(hp) -> list[int]:
+    """Spatial size of each top-down level's latents, from the lowest resolution up."""
+    size = hp.data.target_res // math.prod(hp.model.down_strides)
+    sizes = []
+    for stride in hp.model.down_strides:
+        size *= stride
+        sizes.append(size)
+    return sizes
+
+
+class BottomUp(nn.Module):
+    """Encoder: returns one skip tensor per level, deepest (lowest resolution) first."""
+
+    def __init__(self, hp):
+        super().__init__()
+        m = hp.model
+        in_filters = [m.input_conv_filters] + list(m.up_filters[:-1])
+        self.levels_up = nn.ModuleList([
+            nn.ModuleList([LevelBlockUp(hp, i, in_filters[i], stride=1, use_skip=False)
+                           for _ in range(m.up_n_blocks_per_res[i])])
+            for i in range(len(m.up_strides))
+        ])
+        self.levels_up_downsample = nn.ModuleList([
+            LevelBlockUp(hp, i, in_filters[i], stride=stride, use_skip=True) for i, stride in enumerate(m.up_strides)
+        ])
+        self.input_conv = Conv2d(hp.data.channels, m.input_conv_filters, m.input_kernel_size)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.input_conv(x)
+        skips = []
+        for level, skip_level in zip(self.levels_up, self.levels_up_downsample):
+            for block in level:
+                x, _ = block(x)
+            x, skip = skip_level(x)
+            skips.append(skip)
+        return skips[::-1]
+
+
+class TopDown(nn.Module):
+    """Decoder: latent groups from the lowest resolution up, then the output conv."""
+
+    def __init__(self, hp):
+        super().__init__()
+        m = hp.model
+        resolutions = latent_resolutions(hp)
+        start = hp.data.target_res // math.prod(m.down_strides)
+        self.trainable_h = nn.Parameter(torch.empty(1, m.down_filters[0], start, start))
+        nn.init.kaiming_uniform_(self.trainable_h, nonlinearity="linear")
+
+        in_filters = [m.down_filters[0]] + list(m.down_filters[:-1])
+        self.levels_down_upsample = nn.ModuleList([
+            LevelBlockDown(hp, i, in_filters[i], stride, resolutions[i]) for i, stride in enumerate(m.down_strides)
+        ])
+        self.levels_down = nn.ModuleList([
+            nn.ModuleList([LevelBlockDown(hp, i, m.down_filters[i], 1, resolutions[i])
+                           for _ in range(m.down_n_blocks_per_res[i])])
+            for i in range(len(m.down_strides))
+        ])
+        self.output_conv = Conv2d(m.down_filters[-1], OutputDistribution.from_hparams(hp).out_channels,
+                                  m.output_kernel_size)
+
+    def _blocks(self):
+        """(top-level index, block) in execution order."""
+        for i, (first, followers) in enumerate(zip(self.levels_down_upsample, self.levels_down)):
+            yield i, first
+            for block in followers:
+                yield i, block
+
+    def forward(self, skips: list[torch.Tensor], posterior_temperature: float = 1.0,
+                variate_masks: Sequence[torch.Tensor | None] | None = None,
+                noise: Sequence[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, list[LatentStats], list[LatentStats]]:
+        y = self.trainable_h.expand(skips[0].shape[0], -1, -1, -1)
+        posterior_stats, prior_stats = [], []
+        for g, (i, block) in enumerate(self._blocks()):
+            y, post, prior = block(skips[i], y, posterior_temperature,
+                                   variate_mask=None if variate_masks is None else variate_masks[g],
+                                   noise=None if noise is None else noise[g])
+            posterior_stats.append(post)
+            prior_stats.append(prior)
+        return self.output_conv(y), posterior_stats, prior_stats
+
+    def sample_from_prior(self, batch_size: int, temperatures: Sequence[float],
+                          noise: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        y = self.trainable_h.expand(batch_size, -1, -1, -1)
+        zs = []
+        for g, (i, block) in enumerate(self._blocks()):
+            y, z = block.sample_from_prior(y, temperatures[i], None if noise is None else noise[g])
+            zs.append(z)
+        return self.output_conv(y), zs
+
+
+class UniversalAutoEncoder(nn.Module):
+    """Efficient-VDVAE. Parameter names match the original PyTorch state_dict."""
+
+    def __init__(self, hp):
+        super().__init__()
+        validate_architecture(hp)
+        self.num_groups = num_latent_groups(hp)
+        self.num_levels = len(hp.model.down_strides)
+        self.output_distribution = OutputDistribution.from_hparams(hp)
+        self.output_temperature = hp.synthesis.output_temperature
+        self.bottom_up = BottomUp(hp)
+        self.top_down = TopDown(hp)
+
+    def forward(self, x: torch.Tensor, variate_masks: Sequence | None = None, posterior_temperature: float = 1.0,
+                noise: Sequence[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, list[LatentStats], list[LatentStats]]:
+        """(logits, posterior stats, prior stats), stats per latent group in top-down order.
+
+        variate_masks: None, or L masks of shape (variates,) with values in {0, 1}
+        (None entries leave a group unmasked): masked-off variates use a prior
+        sample. posterior_temperature scales the posterior std (0: the means).
+        noise: optional L standard-normal tensors used as the posterior eps.
+        """
+        masks = self._as_masks(variate_masks, x.device)
+        if noise is not None and len(noise) != self.num_groups:
+            raise ValueError(f"noise: expected {self.num_groups} tensors (one per latent group), got {len(noise)}")
+        return self.top_down(self.bottom_up(x), posterior_temperature, masks, noise)
+
+    def _as_masks(self, variate_masks, device) -> list[torch.Tensor | None] | None:
+        if variate_masks is None:
+            return None
+        if len(variate_masks) != self.num_groups:
+            raise ValueError(f"variate_masks: expected {self.num_groups} masks (one per latent group), "
+                             f"got {len(variate_masks)}")
+        return [None if m is None else torch.as_tensor(m, dtype=torch.float32, device=device)
+                for m in variate_masks]
+
+    @torch.no_grad()
+    def sample_from_prior(self, batch_size: int, temperatures: Sequence[float] | float = 1.0,
+                          noise: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, z per group): generation with one temperature per top-level block.
+
+        A top-level block's temperature also applies to its followers
+        (efficient_vdvae_common.temperatures expands config entries).
+        """
+        if isinstance(temperatures, (int, float)):
+            temperatures = [float(temperatures)] * self.num_levels
+        if len(temperatures) != self.num_levels:
+            raise ValueError(f"temperatures: expected {self.num_levels} values (one per top-level block), "
+                             f"got {len(temperatures)}")
+        return self.top_down.sample_from_prior(batch_size, temperatures, noise)
+
+    @torch.no_grad()
+    def sample_output(self, logits: torch.Tensor, temperature: float | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images drawn from the output distribution (synthesis.output_temperature by default)."""
+        temperature = self.output_temperature if temperature is None else temperature
+        return sample_output(logits, self.output_distribution, temperature, generator)

@@ -1,0 +1,67 @@
+"""Diagonal Gaussian latent heads (SPEC.md section 2, GaussianLatentLayer)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from efficient_vdvae_torch.model.conv2d import Conv2d
+
+# (mean, std) in the 'std' base, (mean, logstd) in the 'logstd' base.
+LatentStats = tuple[torch.Tensor, torch.Tensor]
+
+DISTRIBUTION_BASES = ("std", "logstd")
+
+
+def check_distribution_base(base: str, key: str = "model.distribution_base") -> str:
+    if base not in DISTRIBUTION_BASES:
+        raise ValueError(f"{key} = {base!r}: expected one of {DISTRIBUTION_BASES}")
+    return base
+
+
+def softplus_beta(x: torch.Tensor, beta: float) -> torch.Tensor:
+    """log(1 + exp(beta * x)) / beta (linear above beta * x = 20, as nn.Softplus)."""
+    return F.softplus(x, beta=beta)
+
+
+def gaussian_std(stats: LatentStats, base: str, smoothing_beta: float) -> torch.Tensor:
+    """The standard deviation of a Gaussian given by its stats in either base."""
+    return stats[1] if base == "std" else torch.exp(smoothing_beta * stats[1])
+
+
+class GaussianLatentLayer(nn.Module):
+    """1x1 conv to 2 * variates channels: (mean, raw scale), mean first."""
+
+    def __init__(self, in_filters: int, num_variates: int, base: str, smoothing_beta: float):
+        super().__init__()
+        self.projection = Conv2d(in_filters, 2 * num_variates, 1)
+        self.base = check_distribution_base(base)
+        self.smoothing_beta = smoothing_beta
+
+    def forward(self, x: torch.Tensor, prior_stats: LatentStats | None = None) -> LatentStats:
+        """Stats of the distribution; `prior_stats` makes it residual to that prior (NVAE)."""
+        mean, raw = torch.chunk(self.projection(x), 2, dim=1)
+        if self.base == "std":
+            scale = softplus_beta(raw, self.smoothing_beta)
+            if prior_stats is not None:
+                mean, scale = mean + prior_stats[0], scale * prior_stats[1]
+        else:
+            scale = raw
+            if prior_stats is not None:
+                mean, scale = mean + prior_stats[0], scale + prior_stats[1]
+        return mean, scale
+
+    def std(self, stats: LatentStats) -> torch.Tensor:
+        return gaussian_std(stats, self.base, self.smoothing_beta)
+
+    def sample(self, stats: LatentStats, temperature: float = 1.0, noise: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """z = mean + temperature * std * eps; `noise` supplies eps (tests), else eps ~ N(0, 1).
+
+        Temperature 0 returns the mean itself (deterministic reconstruction).
+        """
+        mean = stats[0]
+        if temperature == 0.0 and noise is None:
+            return mean
+        eps = torch.randn_like(mean) if noise is None else noise.to(dtype=mean.dtype, device=mean.device)
+        return eps * (self.std(stats) * temperature) + mean

@@ -1,0 +1,99 @@
+"""The objective: reconstruction, analytic KL, gamma balancing, beta warm-up (SPEC.md section 5)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from efficient_vdvae_torch.model.latent_layers import LatentStats, check_distribution_base
+from efficient_vdvae_torch.model.output_distribution import (MNIST_PIXELS, OutputDistribution, bernoulli_log_prob,
+                                                             mol_log_prob)
+from efficient_vdvae_torch.model.schedules import gamma_weights, kl_beta, use_gamma
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class LossOutput:
+    """Terms of the objective. "Report units" are bits/dim, or nats per image for binarized_mnist."""
+
+    loss: torch.Tensor  # optimised: recon_loss + beta * (balanced) KL, nats/dim
+    recon_loss: torch.Tensor  # nats/dim
+    kl_per_group: torch.Tensor  # (L,) nats per image dim
+    avg_kl_per_group: torch.Tensor  # (L,) bits per latent dim
+    kl_div: torch.Tensor  # sum of kl_per_group, report units
+    recon_report: torch.Tensor  # recon_loss in report units
+    nelbo: torch.Tensor  # recon_report + kl_div, report units
+    beta: float
+
+
+def kl_divergence(posterior: LatentStats, prior: LatentStats, base: str, smoothing_beta: float) -> torch.Tensor:
+    """Elementwise KL(posterior || prior) of diagonal Gaussians given in `base`."""
+    if base == "std":
+        inv_prior_std = 1.0 / prior[1]
+        ratio = posterior[1] * inv_prior_std
+    else:
+        inv_prior_std = torch.exp(-smoothing_beta * prior[1])
+        ratio = torch.exp(smoothing_beta * posterior[1]) * inv_prior_std
+    delta = (posterior[0] - prior[0]) * inv_prior_std
+    return 0.5 * (delta * delta + ratio * ratio) - 0.5 - torch.log(ratio)
+
+
+def _image_dims(x: torch.Tensor, dist: OutputDistribution) -> int:
+    return MNIST_PIXELS if dist.bernoulli else x.shape[1] * x.shape[2] * x.shape[3]
+
+
+def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Sequence[LatentStats],
+                 prior_stats: Sequence[LatentStats], step: int | None) -> LossOutput:
+    """The objective for a batch; `step=None` is evaluation (beta 1, no gamma balancing).
+
+    Sums are normalised by the local batch size: data-parallel gradient
+    averaging then gives the gradient of the global-batch loss.
+    """
+    dist = OutputDistribution.from_hparams(hp)
+    base = check_distribution_base(hp.model.distribution_base)
+    smoothing_beta = hp.model.gradient_smoothing_beta
+    # Losses in float32 even under bf16 autocast.
+    x, logits = x.float(), logits.float()
+    batch = x.shape[0]
+    dims = _image_dims(x, dist)
+
+    log_prob = bernoulli_log_prob(x, logits) if dist.bernoulli else mol_log_prob(x, logits, dist)
+    recon_loss = -log_prob.sum() / (batch * dims)
+
+    kl_per_group, avg_kl_per_group = [], []
+    for post, prior in zip(posterior_stats, prior_stats, strict=True):
+        kl = kl_divergence((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
+                           base, smoothing_beta)
+        kl_per_group.append(kl.sum() / (batch * dims))
+        avg_kl_per_group.append(kl.mean() / LN2)
+    kl_per_group = torch.stack(kl_per_group)
+    avg_kl_per_group = torch.stack(avg_kl_per_group)
+
+    if use_gamma(hp, step):
+        balance = avg_kl_per_group * LN2 if hp.loss.scaled_gamma else kl_per_group
+        kl_loss = torch.sum(gamma_weights(balance) * kl_per_group)
+    else:
+        kl_loss = kl_per_group.sum()
+    beta = 1.0 if step is None else kl_beta(hp, step)
+
+    to_report = MNIST_PIXELS if dist.bernoulli else 1.0 / LN2
+    recon_report = recon_loss * to_report
+    kl_div = kl_per_group.sum() * to_report
+    return LossOutput(
+        loss=recon_loss + beta * kl_loss,
+        recon_loss=recon_loss,
+        kl_per_group=kl_per_group,
+        avg_kl_per_group=avg_kl_per_group,
+        kl_div=kl_div,
+        recon_report=recon_report,
+        nelbo=recon_report + kl_div,
+        beta=beta,
+    )
+
+
+def count_active_groups(avg_kl_per_group: torch.Tensor, threshold: float) -> int:
+    """Latent groups whose average KL (bits per latent dim) reaches `threshold`."""
+    return int((avg_kl_per_group >= threshold).sum().item())
