@@ -1,0 +1,269 @@
+"""The Efficient-VDVAE autoencoder (SPEC.md sections 3 and 4), NHWC.
+
+`model = UniversalAutoEncoder(hp)`; `variables = model.init(rng, x)`;
+`logits, posterior_stats, prior_stats = model.apply(variables, rng, x)`;
+`logits, zs = model.apply(variables, rng, batch_size, temperatures, method=model.sample_from_prior)`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from efficient_vdvae_jax.model.latent_layers import GaussianLatentLayer, GaussianStats, sample_gaussian
+from efficient_vdvae_jax.model.layers import KernelSize, PoolLayer, ResidualConvCell, UnpoolLayer, conv2d
+
+
+def num_latent_groups(hp: Any) -> int:
+    """L: one latent group per top-down block."""
+    return sum(hp.model.down_n_blocks_per_res) + len(hp.model.down_strides)
+
+
+def top_resolution(hp: Any) -> int:
+    """H0: the resolution of the learned start tensor of the top-down pass."""
+    return hp.data.target_res // math.prod(hp.model.down_strides)
+
+
+def output_channels(hp: Any) -> int:
+    """Bernoulli logits for binarized_mnist, else M * (3C + 1) mixture-of-logistics parameters."""
+    if hp.data.dataset_source == "binarized_mnist":
+        return 1
+    return hp.model.num_output_mixtures * (3 * hp.data.channels + 1)
+
+
+def stable_init_scale(hp: Any) -> float:
+    return math.sqrt(1.0 / num_latent_groups(hp)) if hp.model.stable_init else 1.0
+
+
+def expand_temperatures(hp: Any, temperatures: float | Sequence[float]) -> list:
+    """One temperature per latent group from one per top-level block (or one for all)."""
+    n_levels = len(hp.model.down_strides)
+    if isinstance(temperatures, (int, float)):
+        temperatures = [temperatures] * n_levels
+    if len(temperatures) != n_levels:
+        raise ValueError(f"expected {n_levels} temperatures (one per entry of model.down_strides), "
+                         f"got {len(temperatures)}")
+    per_group = []
+    for temperature, n_followers in zip(temperatures, hp.model.down_n_blocks_per_res):
+        per_group += [temperature] * (1 + n_followers)
+    return per_group
+
+
+class LevelBlockUp(nn.Module):
+    """Residual cells, then (optionally) a skip projection, then (optionally) a strided pool."""
+
+    n_blocks: int
+    n_layers: int
+    in_filters: int
+    filters: int
+    mid_ratio: float
+    kernel_size: KernelSize
+    stride: int
+    skip_filters: int
+    use_skip: bool
+    init_scale: float
+    use_1x1_conv: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        for b in range(self.n_blocks):
+            x = ResidualConvCell(self.n_layers, self.in_filters, self.mid_ratio, self.kernel_size,
+                                 self.init_scale, residual=True, out_ratio=1.0,
+                                 use_1x1_conv=self.use_1x1_conv, name=f"residual_block_{b}")(x)
+        skip = conv2d(self.skip_filters, 1, name="skip_projection")(x) if self.use_skip else None
+        if self.stride > 1:
+            x = PoolLayer(self.filters, self.stride, name="pool")(x)
+        return x, skip
+
+
+class BottomUp(nn.Module):
+    """The encoder: emits one skip tensor per level, deepest first."""
+
+    hp: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        m = self.hp.model
+        in_filters = [m.input_conv_filters] + list(m.up_filters[:-1])
+        x = conv2d(m.input_conv_filters, m.input_kernel_size, name="input_conv")(x)
+        skips = []
+        for i, stride in enumerate(m.up_strides):
+            def level_block(stride: int, use_skip: bool, name: str) -> LevelBlockUp:
+                return LevelBlockUp(m.up_n_blocks[i], m.up_n_layers[i], in_filters[i], m.up_filters[i],
+                                    m.up_mid_filters_ratio[i], m.up_kernel_size[i], stride,
+                                    m.up_skip_filters[i], use_skip, stable_init_scale(self.hp),
+                                    m.use_1x1_conv, name=name)
+
+            for j in range(m.up_n_blocks_per_res[i]):
+                x, _ = level_block(1, False, f"levels_up_{i}_{j}")(x)
+            x, skip = level_block(stride, True, f"levels_up_downsample_{i}")(x)
+            skips.append(skip)
+        return skips[::-1]
+
+
+class LevelBlockDown(nn.Module):
+    """One latent group: (unpool), prior and posterior, sample z, project it in, residual cells.
+
+    With `skip=None` it samples from the prior instead (generation).
+    """
+
+    n_blocks: int
+    n_layers: int
+    in_filters: int
+    filters: int
+    mid_ratio: float
+    kernel_size: KernelSize
+    stride: int
+    skip_filters: int
+    variates: int
+    out_resolution: int
+    distribution_base: str
+    gradient_smoothing_beta: float
+    use_residual_distribution: bool
+    prior_init_scale: float
+    cells_init_scale: float
+    z_projection_init_scale: float
+    use_1x1_conv: bool
+
+    def _sample(self, stats: GaussianStats, eps: jax.Array, temperature) -> jax.Array:
+        return sample_gaussian(stats, self.distribution_base, self.gradient_smoothing_beta, eps, temperature)
+
+    @nn.compact
+    def __call__(self, y: jax.Array, skip: jax.Array | None, rng: jax.Array, *,
+                 temperature: float | jax.Array = 1.0, noise: jax.Array | None = None,
+                 variate_mask: jax.Array | None = None
+                 ) -> tuple[jax.Array, GaussianStats | None, GaussianStats, jax.Array]:
+        if self.stride > 1:
+            y = UnpoolLayer(self.filters, self.stride, self.out_resolution, name="unpool")(y)
+        f = self.filters
+        cell = lambda in_filters, ratio, out_ratio, init_scale, name: ResidualConvCell(  # noqa: E731
+            self.n_layers, in_filters, ratio, self.kernel_size, init_scale, residual=False,
+            out_ratio=out_ratio, use_1x1_conv=self.use_1x1_conv, name=name)
+        latent_layer = lambda name: GaussianLatentLayer(  # noqa: E731
+            self.variates, self.distribution_base, self.gradient_smoothing_beta, name=name)
+
+        kl_residual, y_prior = jnp.split(cell(f, self.mid_ratio, 2.0, self.prior_init_scale, "prior_net_0")(y),
+                                         2, axis=-1)
+        prior = latent_layer("prior_layer")(y_prior)
+        posterior_rng, prior_rng = jax.random.split(rng)
+        latent_shape = prior[0].shape
+        if noise is None:
+            noise = jax.random.normal(posterior_rng, latent_shape, prior[0].dtype)
+
+        if skip is None:
+            posterior = None
+            z = self._sample(prior, noise, temperature)
+        else:
+            y_post = cell(f + self.skip_filters, self.mid_ratio * 0.5, 0.5, 1.0, "posterior_net_0")(
+                jnp.concatenate([y, skip], axis=-1))
+            posterior = latent_layer("posterior_layer")(
+                y_post, prior if self.use_residual_distribution else None)
+            z = self._sample(posterior, noise, temperature)
+            if variate_mask is not None:
+                prior_z = self._sample(prior, jax.random.normal(prior_rng, latent_shape, z.dtype), 1.0)
+                z = variate_mask * z + (1.0 - variate_mask) * prior_z
+
+        y = y + kl_residual
+        y = y + conv2d(f, 1, init_scale=self.z_projection_init_scale, name="z_projection")(z)
+        for b in range(self.n_blocks):
+            y = ResidualConvCell(self.n_layers, f, self.mid_ratio, self.kernel_size, self.cells_init_scale,
+                                 residual=True, out_ratio=1.0, use_1x1_conv=self.use_1x1_conv,
+                                 name=f"residual_block_{b}")(y)
+        return y, posterior, prior, z
+
+
+class TopDown(nn.Module):
+    """The decoder: latent groups from the learned start tensor `h` down to the output logits."""
+
+    hp: Any
+
+    def _blocks(self) -> list[tuple[LevelBlockDown, int]]:
+        """Every top-down block in execution order, with the index of its resolution level."""
+        m = self.hp.model
+        in_filters = [m.down_filters[0]] + list(m.down_filters[:-1])
+        skip_filters = list(m.up_skip_filters)[::-1]
+        resolution = top_resolution(self.hp)
+        n_groups = num_latent_groups(self.hp)
+        blocks = []
+        for i, stride in enumerate(m.down_strides):
+            resolution *= stride
+
+            def level_block(stride: int, in_f: int, name: str) -> LevelBlockDown:
+                return LevelBlockDown(
+                    n_blocks=m.down_n_blocks[i], n_layers=m.down_n_layers[i], in_filters=in_f,
+                    filters=m.down_filters[i], mid_ratio=m.down_mid_filters_ratio[i],
+                    kernel_size=m.down_kernel_size[i], stride=stride, skip_filters=skip_filters[i],
+                    variates=m.down_latent_variates[i], out_resolution=resolution,
+                    distribution_base=m.distribution_base,
+                    gradient_smoothing_beta=m.gradient_smoothing_beta,
+                    use_residual_distribution=m.use_residual_distribution,
+                    prior_init_scale=0.0 if m.initialize_prior_weights_as_zero else 1.0,
+                    cells_init_scale=stable_init_scale(self.hp),
+                    z_projection_init_scale=math.sqrt(1.0 / n_groups),
+                    use_1x1_conv=m.use_1x1_conv, name=name)
+
+            blocks.append((level_block(stride, in_filters[i], f"levels_down_upsample_{i}"), i))
+            for j in range(m.down_n_blocks_per_res[i]):
+                blocks.append((level_block(1, m.down_filters[i], f"levels_down_{i}_{j}"), i))
+        return blocks
+
+    @nn.compact
+    def __call__(self, skips: Sequence[jax.Array] | None, batch_size: int, rng: jax.Array, *,
+                 temperatures: Sequence, noise: Sequence[jax.Array] | None = None,
+                 variate_masks: Sequence[jax.Array] | None = None
+                 ) -> tuple[jax.Array, list, list, list]:
+        m = self.hp.model
+        h0 = top_resolution(self.hp)
+        trainable_h = self.param("trainable_h", nn.initializers.zeros, (1, h0, h0, m.down_filters[0]))
+        y = jnp.tile(trainable_h, (batch_size, 1, 1, 1))
+        blocks = self._blocks()
+        rngs = jax.random.split(rng, len(blocks))
+        posteriors, priors, zs = [], [], []
+        for g, (block, level) in enumerate(blocks):
+            y, posterior, prior, z = block(
+                y, None if skips is None else skips[level], rngs[g], temperature=temperatures[g],
+                noise=None if noise is None else noise[g],
+                variate_mask=None if variate_masks is None else variate_masks[g])
+            posteriors.append(posterior)
+            priors.append(prior)
+            zs.append(z)
+        logits = conv2d(output_channels(self.hp), m.output_kernel_size, name="output_conv")(y)
+        return logits, posteriors, priors, zs
+
+
+class UniversalAutoEncoder(nn.Module):
+    """Bottom-up encoder + top-down decoder with one latent group per top-down block."""
+
+    hp: Any
+
+    def setup(self) -> None:
+        self.bottom_up = BottomUp(self.hp)
+        self.top_down = TopDown(self.hp)
+
+    def init(self, rng: jax.Array, x: jax.Array, **kwargs) -> Any:  # type: ignore[override]
+        """`model.init(rng, x)`: the key seeds the parameters and the init pass's noise."""
+        return super().init(rng, rng, x, **kwargs)
+
+    def __call__(self, rng: jax.Array, x: jax.Array, variate_masks: Sequence[jax.Array] | None = None,
+                 posterior_temperature: float | jax.Array = 1.0,
+                 noise: Sequence[jax.Array] | None = None) -> tuple[jax.Array, list, list]:
+        """Encode and decode `x` (B, H, W, C); `noise`: optional standard normal eps per group (NHWC)."""
+        n_groups = num_latent_groups(self.hp)
+        for name, values in (("variate_masks", variate_masks), ("noise", noise)):
+            if values is not None and len(values) != n_groups:
+                raise ValueError(f"{name} needs one entry per latent group ({n_groups}), got {len(values)}")
+        skips = self.bottom_up(x)
+        logits, posteriors, priors, _ = self.top_down(
+            skips, x.shape[0], rng, temperatures=[posterior_temperature] * n_groups, noise=noise,
+            variate_masks=variate_masks)
+        return logits, posteriors, priors
+
+    def sample_from_prior(self, rng: jax.Array, batch_size: int,
+                          temperatures: float | Sequence[float] = 1.0) -> tuple[jax.Array, list]:
+        """Generate: logits and each group's z, with one temperature per top-level block (or one for all)."""
+        logits, _, _, zs = self.top_down(None, batch_size, rng,
+                                         temperatures=expand_temperatures(self.hp, temperatures))
+        return logits, zs

@@ -1,0 +1,56 @@
+"""Diagonal Gaussian latent layers (SPEC.md section 2).
+
+Stats are a pair `(mean, std)` when `distribution_base == 'std'` and
+`(mean, logstd)` when it is 'logstd' (then `std = exp(beta * logstd)`).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from efficient_vdvae_jax.model.layers import conv2d
+
+GaussianStats = tuple[jax.Array, jax.Array]
+
+
+def beta_softplus(x: jax.Array, beta: float) -> jax.Array:
+    """softplus_b(x) = log(1 + exp(b x)) / b: a smoother gradient than exp for small b."""
+    return jax.nn.softplus(beta * x) / beta
+
+
+def stats_to_std(stats: GaussianStats, distribution_base: str, beta: float) -> jax.Array:
+    """The standard deviation of a Gaussian given by its stats."""
+    _, scale = stats
+    return jnp.exp(beta * scale) if distribution_base == "logstd" else scale
+
+
+def sample_gaussian(stats: GaussianStats, distribution_base: str, beta: float,
+                    eps: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
+    """z = mean + T * std * eps, with eps standard normal."""
+    mean = stats[0]
+    return mean + temperature * stats_to_std(stats, distribution_base, beta) * eps
+
+
+class GaussianLatentLayer(nn.Module):
+    """1x1 conv to (mean, raw) per variate; optionally relative to a prior (NVAE residual)."""
+
+    variates: int
+    distribution_base: str
+    beta: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, prior_stats: GaussianStats | None = None) -> GaussianStats:
+        h = conv2d(2 * self.variates, 1, name="projection")(x)
+        mean, raw = jnp.split(h, 2, axis=-1)
+        if self.distribution_base == "std":
+            scale = beta_softplus(raw, self.beta)
+            if prior_stats is not None:
+                mean, scale = mean + prior_stats[0], scale * prior_stats[1]
+        elif self.distribution_base == "logstd":
+            scale = raw
+            if prior_stats is not None:
+                mean, scale = mean + prior_stats[0], scale + prior_stats[1]
+        else:
+            raise ValueError(f"model.distribution_base must be 'std' or 'logstd', got {self.distribution_base!r}")
+        return mean, scale

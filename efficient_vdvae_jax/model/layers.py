@@ -1,0 +1,119 @@
+"""Convolutional building blocks (SPEC.md section 2), NHWC.
+
+Submodule names mirror the original PyTorch state_dict keys (`convs_1` for
+`convs.1`, `ops_0` for `ops.0`) so that checkpoint conversion is a mechanical
+renaming (see efficient_vdvae_jax/convert_checkpoint.py).
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+KernelSize = Union[int, tuple[int, int], list[int]]
+
+
+def as_pair(kernel_size: KernelSize) -> tuple[int, int]:
+    """An int kernel size `k` means (k, k)."""
+    if isinstance(kernel_size, int):
+        return (kernel_size, kernel_size)
+    kh, kw = kernel_size
+    return (int(kh), int(kw))
+
+
+def same_padding(kernel_size: KernelSize, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Total padding `k - s` per axis, the odd pixel on the bottom/right (TF/JAX convention).
+
+    flax's 'SAME' only equals this when the size divides by the stride, so pad explicitly.
+    """
+    pads = []
+    for k in as_pair(kernel_size):
+        total = k - stride
+        if total < 0:
+            raise ValueError(f"kernel size {k} is smaller than stride {stride}")
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def scaled_glorot_uniform(scale: float) -> nn.initializers.Initializer:
+    """Glorot uniform weights multiplied by `scale` once, at initialisation."""
+    glorot = nn.initializers.xavier_uniform()
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        return glorot(key, shape, dtype) * scale
+
+    return init
+
+
+def conv2d(features: int, kernel_size: KernelSize, stride: int = 1, init_scale: float = 1.0,
+           name: str | None = None) -> nn.Conv:
+    """A 'same'-padded convolution with Glorot weights (times `init_scale`) and zero biases."""
+    return nn.Conv(
+        features=features,
+        kernel_size=as_pair(kernel_size),
+        strides=(stride, stride),
+        padding=same_padding(kernel_size, stride),
+        kernel_init=scaled_glorot_uniform(init_scale),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+class ResidualConvCell(nn.Module):
+    """silu -> conv sandwich: edge conv, `n_layers` k x k convs, edge conv; optional skip.
+
+    The convs are named `convs_1`, `convs_3`, ... like the odd indices of the
+    original's `convs` Sequential (its SiLUs sat at the even ones).
+    """
+
+    n_layers: int
+    in_filters: int
+    mid_ratio: float
+    kernel_size: KernelSize
+    init_scale: float
+    residual: bool
+    out_ratio: float
+    use_1x1_conv: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mid = int(self.in_filters * self.mid_ratio)
+        out = int(self.in_filters * self.out_ratio)
+        edge_kernel = 1 if self.use_1x1_conv else self.kernel_size
+        h = conv2d(mid, edge_kernel, name="convs_1")(nn.silu(x))
+        for i in range(self.n_layers):
+            h = conv2d(mid, self.kernel_size, name=f"convs_{2 * i + 3}")(nn.silu(h))
+        h = conv2d(out, edge_kernel, init_scale=self.init_scale,
+                   name=f"convs_{2 * self.n_layers + 3}")(nn.silu(h))
+        return x + h if self.residual else h
+
+
+class PoolLayer(nn.Module):
+    """Strided conv with kernel = stride (no padding), then leaky ReLU(0.1)."""
+
+    out_filters: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv2d(self.out_filters, self.stride, stride=self.stride, name="ops_0")(x)
+        return nn.leaky_relu(x, negative_slope=0.1)
+
+
+class UnpoolLayer(nn.Module):
+    """1x1 conv, leaky ReLU(0.1), nearest-neighbour upsampling, plus a learned per-position bias."""
+
+    out_filters: int
+    stride: int
+    out_resolution: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv2d(self.out_filters, 1, name="ops_0")(x)
+        x = nn.leaky_relu(x, negative_slope=0.1)
+        x = jnp.repeat(jnp.repeat(x, self.stride, axis=1), self.stride, axis=2)
+        scale_bias = self.param("scale_bias", nn.initializers.zeros,
+                                (1, self.out_resolution, self.out_resolution, self.out_filters))
+        return x + scale_bias

@@ -1,0 +1,86 @@
+"""Step-dependent schedules (SPEC.md sections 5 and 6): KL beta, KL balancing gamma, learning rate.
+
+`step` is the number of updates applied before the current one (the first
+update uses 0). Everything is jit-friendly: no Python branching on `step`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+def kl_beta(hp: Any, step: jax.Array | int) -> jax.Array:
+    """The KL warm-up factor beta at `step`."""
+    loss = hp.loss
+    step = jnp.asarray(step, jnp.float32)
+    if loss.variation_schedule == "None":
+        return jnp.ones((), jnp.float32)
+    if loss.variation_schedule == "Logistic":
+        return 1.0 / (1.0 + jnp.exp(-loss.vae_beta_growth_rate * (step - loss.vae_beta_activation_steps)))
+    if loss.variation_schedule == "Linear":
+        # The denominator anneal_start + anneal_steps is the originals' (SPEC.md section 5).
+        ramp = (step - loss.vae_beta_anneal_start) / (loss.vae_beta_anneal_start + loss.vae_beta_anneal_steps)
+        return jnp.clip(ramp, loss.vae_beta_min, 1.0)
+    raise ValueError(f"loss.variation_schedule must be 'None', 'Logistic' or 'Linear', "
+                     f"got {loss.variation_schedule!r}")
+
+
+def gamma_balanced_kl(hp: Any, kl_per_group: jax.Array, avg_kl_per_group_nats: jax.Array,
+                      step: jax.Array | int) -> jax.Array:
+    """The KL term: sum_g alpha_g * kl_g while balancing is on (NVAE), else sum_g kl_g.
+
+    alpha = L * a / sum(a) is a constant for the gradient; a is the per-latent-element
+    average KL (nats) with `scaled_gamma`, else the per-image-dim KL.
+    """
+    total = jnp.sum(kl_per_group)
+    if not hp.loss.use_gamma_schedule:
+        return total
+    a = avg_kl_per_group_nats if hp.loss.scaled_gamma else kl_per_group
+    alpha = jax.lax.stop_gradient(kl_per_group.shape[0] * a / jnp.sum(a))
+    balanced = jnp.sum(alpha * kl_per_group)
+    return jnp.where(jnp.asarray(step) <= hp.loss.gamma_max_steps, balanced, total)
+
+
+def learning_rate_schedule(hp: Any) -> Schedule:
+    """lr(t) for t optimiser updates applied so far (SPEC.md section 6)."""
+    opt = hp.optimizer
+    lr, warmup = opt.learning_rate, opt.warmup_steps
+    scheme = opt.learning_rate_scheme
+
+    def warmed_up(t: jax.Array) -> jax.Array:
+        return lr * jnp.minimum(1.0, t / warmup)
+
+    if scheme == "constant":
+        return lambda t: warmed_up(jnp.asarray(t, jnp.float32))
+    if scheme == "cosine":
+        if warmup > opt.decay_start:
+            raise ValueError(f"optimizer.warmup_steps ({warmup}) must be <= optimizer.decay_start "
+                             f"({opt.decay_start}) for the cosine schedule")
+        a = opt.min_learning_rate / lr
+
+        def cosine(t: jax.Array) -> jax.Array:
+            t = jnp.asarray(t, jnp.float32)
+            u = jnp.minimum(t - opt.decay_start, opt.decay_steps)
+            decayed = lr * ((1.0 - a) * 0.5 * (1.0 + jnp.cos(jnp.pi * u / opt.decay_steps)) + a)
+            return jnp.where(t < opt.decay_start, warmed_up(t), decayed)
+
+        return cosine
+    if scheme == "exponential":
+        def exponential(t: jax.Array) -> jax.Array:
+            t = jnp.asarray(t, jnp.float32)
+            decayed = lr * opt.decay_rate ** ((t - opt.decay_start) / opt.decay_steps)
+            return jnp.clip(decayed, opt.min_learning_rate, lr)
+
+        return exponential
+    if scheme == "noam":
+        def noam(t: jax.Array) -> jax.Array:
+            t = jnp.asarray(t, jnp.float32)
+            return lr * warmup ** 0.5 * jnp.minimum(t ** -0.5, t * warmup ** -1.5)
+
+        return noam
+    raise ValueError(f"optimizer.learning_rate_scheme must be 'constant', 'cosine', 'exponential' or "
+                     f"'noam', got {scheme!r}")
