@@ -1,0 +1,102 @@
+"""One training update and one evaluation step, as SPEC.md section 6 states them."""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from efficient_vdvae_torch.model import compute_loss
+from efficient_vdvae_torch.model.losses import LossOutput, count_active_groups
+from efficient_vdvae_torch.model.optimizers import build_optimizer
+from efficient_vdvae_torch.model.schedules import build_lr_schedule
+
+__all__ = ["build_optimizer", "build_lr_schedule", "train_step", "eval_step", "update_ema"]
+
+
+def train_step(hp, model: nn.Module, ema_model: nn.Module, optimizer: torch.optim.Optimizer,
+               lr_schedule: torch.optim.lr_scheduler.LRScheduler, x: torch.Tensor, step: int) -> dict:
+    """Forward, loss, backward, clip, skip or (step, LR step, EMA). `step`: updates applied so far.
+
+    A skipped update (non-finite gradient norm, or norm >= gradient_skip_threshold)
+    leaves parameters, optimiser state, LR schedule and EMA untouched; the caller
+    counts `stats["skipped"]`.
+    """
+    model.train()
+    learning_rate = optimizer.param_groups[0]["lr"]
+    with _autocast(hp, x.device):
+        logits, posterior_stats, prior_stats = model(x)
+    out = compute_loss(hp, x, logits, posterior_stats, prior_stats, step)
+    out.loss.backward()
+
+    grad_norm = _clip_and_measure_gradients(hp, model)
+    skipped = _should_skip(hp, grad_norm)
+    if not skipped:
+        optimizer.step()
+        lr_schedule.step()
+        update_ema(ema_model, model, hp.train.ema_decay)
+    optimizer.zero_grad(set_to_none=True)
+
+    stats = _stats(hp, out, logits)
+    stats.update(grad_norm=grad_norm, skipped=skipped, learning_rate=learning_rate)
+    return stats
+
+
+@torch.no_grad()
+def eval_step(hp, model: nn.Module, x: torch.Tensor) -> dict:
+    """The evaluation objective (beta 1, no gamma balancing) on one batch."""
+    model.eval()
+    with _autocast(hp, x.device):
+        logits, posterior_stats, prior_stats = model(x)
+    return _stats(hp, compute_loss(hp, x, logits, posterior_stats, prior_stats, step=None), logits)
+
+
+@torch.no_grad()
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * param, for every parameter."""
+    ema_params = list(ema_model.parameters())
+    params = list(model.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError(f"update_ema: the EMA model has {len(ema_params)} parameters, the model {len(params)}")
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, params, alpha=1.0 - decay)
+
+
+def _autocast(hp, device: torch.device):
+    # bf16 autocast only on GPU: on CPU it is slow and not what users ask for.
+    if hp.run.mixed_precision and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _clip_and_measure_gradients(hp, model: nn.Module) -> float:
+    """The global L2 norm of all gradients (before clipping), clipping them if configured."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if hp.optimizer.clip_gradient_norm:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=hp.optimizer.gradient_clip_norm_value)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    return norm.item()
+
+
+def _should_skip(hp, grad_norm: float) -> bool:
+    if not hp.optimizer.gradient_skip:
+        return False
+    return not math.isfinite(grad_norm) or grad_norm >= hp.optimizer.gradient_skip_threshold
+
+
+def _stats(hp, out: LossOutput, logits: torch.Tensor) -> dict:
+    avg_kl = out.avg_kl_per_group.detach()
+    return {
+        "loss": out.loss.item(),
+        "recon_loss": out.recon_loss.item(),
+        "recon_report": out.recon_report.item(),
+        "kl_div": out.kl_div.item(),
+        "nelbo": out.nelbo.item(),
+        "beta": out.beta,
+        "kl_per_group": out.kl_per_group.detach().cpu(),
+        "avg_kl_per_group": avg_kl.cpu(),
+        "active_groups": count_active_groups(avg_kl, hp.metrics.latent_active_threshold),
+        "logits": logits.detach(),
+    }
