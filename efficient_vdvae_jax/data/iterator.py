@@ -1,0 +1,141 @@
+"""JAX batching of the shared splits: a host-side iterator of numpy batches
+shaped for the devices, filled by background threads."""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import numpy as np
+
+from efficient_vdvae_common.data import (
+    ImageSplit,
+    build_split,
+    epoch_order,
+    global_batch_size,
+    official_data_dir,
+    per_rank_batch_size,
+    rank_positions,
+)
+from efficient_vdvae_jax.data.official import load_official_images
+
+_END = object()
+
+
+def _device_batches(image_split: ImageSplit, global_batch: int, num_devices: int, *, epoch: int, seed: int,
+                    training: bool, start_batch: int) -> list[list[np.ndarray]]:
+    """For each global batch, the split positions of each device (device d = rank d)."""
+    order = epoch_order(len(image_split), seed, epoch, training)
+    per_device = [
+        rank_positions(len(image_split), global_batch, d, num_devices, drop_last=training, start_batch=start_batch)
+        for d in range(num_devices)
+    ]
+    return [[order[per_device[d][b]] for d in range(num_devices)] for b in range(len(per_device[0]))]
+
+
+def _assemble(images: list[np.ndarray], slices: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack per-device images into (devices, per_device, H, W, C), zero-padding
+    uneven last batches; the mask says which entries are real images."""
+    width = max(len(s) for s in slices)
+    batch = np.zeros((len(slices), width) + images[0].shape, dtype=np.float32)
+    mask = np.zeros((len(slices), width), dtype=bool)
+    start = 0
+    for d, device_slice in enumerate(slices):
+        count = len(device_slice)
+        if count:
+            batch[d, :count] = np.stack(images[start:start + count])
+        mask[d, :count] = True
+        start += count
+    return batch, mask
+
+
+def create_iterator(
+    hp: Any,
+    split: str,
+    *,
+    num_devices: int,
+    epoch: int = 0,
+    start_batch: int = 0,
+    with_names: bool = False,
+    prefetch: int = 2,
+    batch_size: int | None = None,
+    with_mask: bool = False,
+    num_workers: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> Iterator:
+    """One epoch of batches shaped (num_devices, per_device_batch, H, W, C), float32.
+
+    Yields `x`, or `(x, names)` with with_names (names: nested lists per
+    device), with `mask` (bool, (num_devices, per_device_batch)) appended when
+    with_mask. 'train' is shuffled by (run.seed, epoch), flipped, and drops the
+    last incomplete batch; evaluation splits keep every image. An evaluation
+    batch that cannot be split evenly over the devices is zero-padded, which
+    needs with_mask=True to be told apart (never the case on one device).
+    `batch_size` is the global batch (default: the split's configured one).
+    Batches `start_batch`.. are produced (resume).
+    """
+    root = official_data_dir(hp, data_dir)
+    image_split = build_split(hp, split, lambda name: load_official_images(name, root, download))
+    global_batch = global_batch_size(hp, split) if batch_size is None else batch_size
+    per_rank_batch_size(global_batch, num_devices, f"batch size of split {split!r}")
+    training = split == "train"
+    batches = _device_batches(image_split, global_batch, num_devices, epoch=epoch, seed=hp.run.seed,
+                              training=training, start_batch=start_batch)
+    if not with_mask and any(len({len(s) for s in slices}) > 1 for slices in batches):
+        raise ValueError(
+            f"split {split!r} has {len(image_split)} images: its last batch does not divide over "
+            f"{num_devices} devices; pass with_mask=True to get the padding mask"
+        )
+    workers = max(1, len(os.sched_getaffinity(0)) if num_workers is None else num_workers)
+    return _prefetched(image_split, batches, epoch, with_names, with_mask, max(1, prefetch), workers)
+
+
+def _prefetched(image_split: ImageSplit, batches: list[list[np.ndarray]], epoch: int, with_names: bool,
+                with_mask: bool, prefetch: int, workers: int) -> Iterator:
+    """Produce batches on a background thread (decoding on a thread pool) `prefetch` ahead."""
+    ready: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for slices in batches:
+                    positions = [int(p) for s in slices for p in s]
+                    images = list(pool.map(lambda p: image_split.load(p, epoch), positions))
+                    x, mask = _assemble(images, slices)
+                    item: tuple = (x,)
+                    if with_names:
+                        item += ([[image_split.name(int(p)) for p in s] for s in slices],)
+                    if with_mask:
+                        item += (mask,)
+                    while not stop.is_set():
+                        try:
+                            ready.put(item[0] if len(item) == 1 else item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            ready.put(_END)
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put(error)
+
+    thread = threading.Thread(target=produce, name="data-prefetch", daemon=True)
+    thread.start()
+
+    def consume() -> Iterator:
+        try:
+            while True:
+                item = ready.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    return consume()

@@ -1,0 +1,128 @@
+"""PyTorch batching of the shared splits: a Dataset, a sharded epoch sampler, a DataLoader."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from efficient_vdvae_common.data import (
+    ImageSplit,
+    build_split,
+    epoch_order,
+    global_batch_size,
+    official_data_dir,
+    per_rank_batch_size,
+    rank_positions,
+)
+from efficient_vdvae_torch.data.official import load_official_images
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    """Images of a split as CHW float32 tensors (optionally with file names).
+
+    Keys are (epoch, position) pairs, so that a worker process knows the
+    epoch of the random flips and binarisation; a plain position means epoch 0.
+    """
+
+    def __init__(self, split: ImageSplit, with_names: bool = False):
+        self.split = split
+        self.with_names = with_names
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, position = key if isinstance(key, tuple) else (0, key)
+        image = torch.from_numpy(self.split.load(position, epoch)).permute(2, 0, 1).contiguous()
+        return (image, self.split.name(position)) if self.with_names else image
+
+
+class ShardedEpochSampler(torch.utils.data.Sampler):
+    """This rank's share of every global batch of an epoch, as (epoch, position) keys.
+
+    Like DistributedSampler it has `set_epoch`; `set_start_batch(k)` makes the
+    next pass skip the first k batches without reading them (resume).
+    """
+
+    def __init__(self, num_items: int, global_batch: int, *, rank: int, world_size: int, seed: int,
+                 shuffle: bool, drop_last: bool):
+        self.num_items = num_items
+        self.global_batch = global_batch
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start_batch(self, start_batch: int) -> None:
+        """Skip the first `start_batch` batches of the next pass only."""
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be non-negative, got {start_batch}")
+        self.start_batch = start_batch
+
+    def _positions(self) -> np.ndarray:
+        batches = rank_positions(self.num_items, self.global_batch, self.rank, self.world_size,
+                                 drop_last=self.drop_last, start_batch=self.start_batch)
+        return np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = epoch_order(self.num_items, self.seed, self.epoch, self.shuffle)
+        keys = [(self.epoch, int(order[p])) for p in self._positions()]
+        self.start_batch = 0
+        return iter(keys)
+
+    def __len__(self) -> int:
+        return len(self._positions())
+
+
+def _default_num_workers(hp: Any) -> int:
+    return max(0, min(int(hp.run.num_cpus), len(os.sched_getaffinity(0))))
+
+
+def create_dataloader(
+    hp: Any,
+    split: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int | None = None,
+    with_names: bool = False,
+    num_workers: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader of (B, C, H, W) float32 batches in the model's input space.
+
+    split: 'train' (seeded shuffle, flips, last incomplete batch dropped),
+    'val', 'synthesis', 'div_stats' or 'encode' (fixed order, every image).
+    `batch_size` is per rank (default: the split's global batch / world_size).
+    `data_dir`: where CIFAR-10 / MNIST live (default data.download_dir or
+    ../datasets); `download=False` never touches the network.
+    """
+    root = official_data_dir(hp, data_dir)
+    image_split = build_split(hp, split, lambda name: load_official_images(name, root, download))
+    if batch_size is None:
+        per_rank = per_rank_batch_size(global_batch_size(hp, split), world_size, f"batch size of split {split!r}")
+    else:
+        per_rank = batch_size
+    training = split == "train"
+    sampler = ShardedEpochSampler(len(image_split), per_rank * world_size, rank=rank, world_size=world_size,
+                                  seed=hp.run.seed, shuffle=training, drop_last=training)
+    workers = _default_num_workers(hp) if num_workers is None else num_workers
+    return torch.utils.data.DataLoader(
+        SplitDataset(image_split, with_names),
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=3 if workers > 0 else None,
+        drop_last=False,  # the sampler already drops (train) or keeps (eval) the remainder
+    )
