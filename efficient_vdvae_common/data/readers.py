@@ -147,8 +147,9 @@ def _memmap_compressed_npz_member(path: Path, key: str, cache_dir: Path) -> np.n
         cache_dir.mkdir(parents=True, exist_ok=True)
         with np.load(path) as archive:  # one file at a time: a few GB at most
             array = archive[key]
-        partial = cache.with_suffix(f".partial{os.getpid()}")
-        np.save(partial, array)
+        partial = cache.with_name(f"{cache.name}.partial{os.getpid()}")
+        with open(partial, "wb") as f:  # a file object: np.save would append '.npy' to a name
+            np.save(f, array)
         os.replace(partial, cache)
     return np.load(cache, mmap_mode="r")
 

@@ -99,3 +99,17 @@ def folder_config(make_config, tmp_path):
         ), images
 
     return _make
+
+
+@pytest.fixture
+def writers():
+    """The writers above, for tests (conftest modules cannot be imported under --import-mode=importlib)."""
+    import types
+
+    return types.SimpleNamespace(
+        random_images=random_images,
+        write_png_folder=write_png_folder,
+        write_imagenet_npz=write_imagenet_npz,
+        write_cifar10_python=write_cifar10_python,
+        write_mnist_idx=write_mnist_idx,
+    )
