@@ -250,7 +250,12 @@ class UniversalAutoEncoder(nn.Module):
     def __call__(self, rng: jax.Array, x: jax.Array, variate_masks: Sequence[jax.Array] | None = None,
                  posterior_temperature: float | jax.Array = 1.0,
                  noise: Sequence[jax.Array] | None = None) -> tuple[jax.Array, list, list]:
-        """Encode and decode `x` (B, H, W, C); `noise`: optional standard normal eps per group (NHWC)."""
+        """(logits, posterior stats, prior stats) for `x` (B, H, W, C); stats per group in top-down order.
+
+        variate_masks: None, or L arrays of shape (variates,) in {0, 1} (None entries leave a group
+        unmasked): masked-off variates take a prior sample. posterior_temperature scales the
+        posterior std (0: the means). noise: optional L standard-normal posterior eps (NHWC).
+        """
         n_groups = num_latent_groups(self.hp)
         for name, values in (("variate_masks", variate_masks), ("noise", noise)):
             if values is not None and len(values) != n_groups:
@@ -261,9 +266,12 @@ class UniversalAutoEncoder(nn.Module):
             variate_masks=variate_masks)
         return logits, posteriors, priors
 
-    def sample_from_prior(self, rng: jax.Array, batch_size: int,
-                          temperatures: float | Sequence[float] = 1.0) -> tuple[jax.Array, list]:
-        """Generate: logits and each group's z, with one temperature per top-level block (or one for all)."""
-        logits, _, _, zs = self.top_down(None, batch_size, rng,
+    def sample_from_prior(self, rng: jax.Array, batch_size: int, temperatures: float | Sequence[float] = 1.0,
+                          noise: Sequence[jax.Array] | None = None) -> tuple[jax.Array, list]:
+        """Generate: logits and each group's z, with one temperature per top-level block (or one for all).
+
+        (efficient_vdvae_common.temperatures expands config entries into such lists.)
+        """
+        logits, _, _, zs = self.top_down(None, batch_size, rng, noise=noise,
                                          temperatures=expand_temperatures(self.hp, temperatures))
         return logits, zs

@@ -20,12 +20,16 @@ MNIST_PIXELS = 28 * 28
 
 
 class LossOutput(NamedTuple):
-    loss: jax.Array  # optimised: recon + beta * (balanced) KL, nats/dim
+    """Terms of the objective. "Report units" are bits/dim, or nats per image for binarized_mnist."""
+
+    loss: jax.Array  # optimised: recon_loss + beta * (balanced) KL, nats/dim
     recon_loss: jax.Array  # nats/dim
     kl_per_group: jax.Array  # (L,) nats per image dim
     avg_kl_per_group: jax.Array  # (L,) bits per latent dim
-    kl_div: jax.Array  # bits/dim (nats per image for binarized_mnist)
-    nelbo: jax.Array  # bits/dim (nats per image for binarized_mnist)
+    kl_div: jax.Array  # sum of kl_per_group, report units
+    recon_report: jax.Array  # recon_loss in report units
+    nelbo: jax.Array  # recon_report + kl_div, report units
+    beta: jax.Array
 
 
 def is_binarized_mnist(hp: Any) -> bool:
@@ -120,8 +124,12 @@ def gaussian_kl(hp: Any, posterior: GaussianStats, prior: GaussianStats) -> jax.
 
 
 def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequence[GaussianStats],
-                 prior_stats: Sequence[GaussianStats], step: jax.Array | int) -> LossOutput:
-    """The training objective and its reported parts for a batch `x` (B, H, W, C)."""
+                 prior_stats: Sequence[GaussianStats], step: jax.Array | int | None) -> LossOutput:
+    """The objective for a batch `x` (B, H, W, C); `step=None` is evaluation (beta 1, no gamma balancing).
+
+    Sums are normalised by the batch given; under jit with a batch sharded over
+    devices that is the global batch, so data parallelism changes nothing.
+    """
     batch = x.shape[0]
     dims = image_dims(hp)
     nll = bernoulli_nll(x, logits) if is_binarized_mnist(hp) else mol_nll(hp, x, logits)
@@ -130,15 +138,17 @@ def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequ
     kls = [gaussian_kl(hp, p, q) for p, q in zip(posterior_stats, prior_stats)]
     kl_per_group = jnp.stack([jnp.sum(kl) for kl in kls]) / (batch * dims)
     avg_kl_nats = jnp.stack([jnp.mean(kl) for kl in kls])  # same-size examples: mean of means
-    kl = gamma_balanced_kl(hp, kl_per_group, avg_kl_nats, step)
-    loss = recon_loss + kl_beta(hp, step) * kl
+    if step is None:
+        kl, beta = jnp.sum(kl_per_group), jnp.ones((), jnp.float32)
+    else:
+        kl, beta = gamma_balanced_kl(hp, kl_per_group, avg_kl_nats, step), kl_beta(hp, step)
 
-    kl_div = jnp.sum(kl_per_group) / LN2
-    nelbo = recon_loss / LN2 + kl_div
-    if is_binarized_mnist(hp):
-        kl_div, nelbo = kl_div * LN2 * MNIST_PIXELS, nelbo * LN2 * MNIST_PIXELS
-    return LossOutput(loss=loss, recon_loss=recon_loss, kl_per_group=kl_per_group,
-                      avg_kl_per_group=avg_kl_nats / LN2, kl_div=kl_div, nelbo=nelbo)
+    to_report = MNIST_PIXELS if is_binarized_mnist(hp) else 1.0 / LN2
+    recon_report = recon_loss * to_report
+    kl_div = jnp.sum(kl_per_group) * to_report
+    return LossOutput(loss=recon_loss + beta * kl, recon_loss=recon_loss, kl_per_group=kl_per_group,
+                      avg_kl_per_group=avg_kl_nats / LN2, kl_div=kl_div, recon_report=recon_report,
+                      nelbo=recon_report + kl_div, beta=beta)
 
 
 def sample_from_mol(hp: Any, rng: jax.Array, logits: jax.Array,

@@ -1,0 +1,121 @@
+"""One training step as one jitted function (SPEC.md section 6), plus evaluation and data-parallel helpers.
+
+Data parallelism is jit over a device mesh: the batch is sharded along its first
+axis, the state replicated, and XLA inserts the gradient all-reduce. The loss is
+normalised by the global batch, so N devices compute the 1-device gradient.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
+from efficient_vdvae_jax.model.losses import LossOutput
+from efficient_vdvae_jax.model.optimizers import build_optimizer
+from efficient_vdvae_jax.model.schedules import learning_rate_schedule
+
+DATA_AXIS = "data"
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array  # optimiser updates applied so far (skipped steps do not count)
+    params: Any
+    ema_params: Any
+    opt_state: optax.OptState
+    skipped_updates: jax.Array
+
+
+def init_params(hp: Any, model: UniversalAutoEncoder, rng: jax.Array) -> Any:
+    """Fresh parameters from an init pass on a zero batch of `init.batch_size` images."""
+    shape = (hp.init.batch_size, hp.data.target_res, hp.data.target_res, hp.data.channels)
+    return jax.jit(model.init)(rng, jnp.zeros(shape, jnp.float32))["params"]
+
+
+def create_train_state(hp: Any, params: Any) -> TrainState:
+    """Step 0, EMA = params, fresh optimiser state."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.array, params),
+                      opt_state=build_optimizer(hp).init(params),
+                      skipped_updates=jnp.zeros((), jnp.int32))
+
+
+def _where(condition: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
+
+
+def make_train_step(hp: Any, model: UniversalAutoEncoder | None = None
+                    ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    """`state, stats = train_step(state, rng, x)`: forward, loss, gradients, clip, skip, update, EMA."""
+    model = model or UniversalAutoEncoder(hp)
+    optimizer = build_optimizer(hp)
+    learning_rate = learning_rate_schedule(hp)
+    opt, ema_decay = hp.optimizer, hp.train.ema_decay
+
+    def loss_fn(params: Any, rng: jax.Array, x: jax.Array, step: jax.Array) -> tuple[jax.Array, LossOutput]:
+        logits, posterior, prior = model.apply({"params": params}, rng, x)
+        out = compute_loss(hp, x, logits, posterior, prior, step)
+        return out.loss, out
+
+    def train_step(state: TrainState, rng: jax.Array, x: jax.Array) -> tuple[TrainState, dict]:
+        (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, rng, x, state.step)
+        grad_norm = optax.global_norm(grads)
+        if opt.clip_gradient_norm:
+            grads = jax.tree.map(
+                lambda g: g * jnp.minimum(1.0, opt.gradient_clip_norm_value / (grad_norm + 1e-6)), grads)
+        # The skip test uses the norm before clipping.
+        apply = (jnp.isfinite(grad_norm) & (grad_norm < opt.gradient_skip_threshold)
+                 if opt.gradient_skip else jnp.ones((), bool))
+
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+        # A skipped update changes nothing but the skip counter.
+        new_state = TrainState(
+            step=state.step + apply.astype(jnp.int32),
+            params=_where(apply, params, state.params),
+            ema_params=_where(apply, ema_params, state.ema_params),
+            opt_state=_where(apply, opt_state, state.opt_state),
+            skipped_updates=state.skipped_updates + (~apply).astype(jnp.int32))
+        stats = dict(out._asdict(), grad_norm=grad_norm, skipped=~apply,
+                     learning_rate=learning_rate(state.step))
+        return new_state, stats
+
+    # Buffer donation saves a copy of the state on accelerators; the CPU backend cannot use it.
+    return jax.jit(train_step, donate_argnums=() if jax.default_backend() == "cpu" else (0,))
+
+
+def make_eval_step(hp: Any, model: UniversalAutoEncoder | None = None
+                   ) -> Callable[[Any, jax.Array, jax.Array], LossOutput]:
+    """`out = eval_step(params, rng, x)`: the loss with beta = 1 and no gamma balancing."""
+    model = model or UniversalAutoEncoder(hp)
+
+    def eval_step(params: Any, rng: jax.Array, x: jax.Array) -> LossOutput:
+        logits, posterior, prior = model.apply({"params": params}, rng, x)
+        return compute_loss(hp, x, logits, posterior, prior, None)
+
+    return jax.jit(eval_step)
+
+
+def data_parallel_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-d mesh over the first `num_devices` devices (all by default)."""
+    devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def shard_batch(mesh: Mesh, batch: np.ndarray) -> jax.Array:
+    """(num_devices, per_device_batch, H, W, C) from the data iterator -> one global batch split over the mesh."""
+    if batch.shape[0] != mesh.size:
+        raise ValueError(f"batch has {batch.shape[0]} device slices, the mesh has {mesh.size} devices")
+    global_batch = np.reshape(batch, (-1,) + batch.shape[2:])
+    return jax.device_put(global_batch, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+
+
+def replicate(mesh: Mesh, tree: Any) -> Any:
+    """The same copy of `tree` (params, train state) on every device of the mesh."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
