@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,37 @@ def test_egs_readme_has_a_row_for_every_config():
     assert not missing, f"egs/README.md lacks rows for {missing}"
 
 
+def readme_parameter_counts() -> dict[str, str]:
+    """config name -> its 'parameters' cell in egs/README.md."""
+    lines = (EGS_DIR / "README.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| config |"))
+    column = [cell.strip() for cell in header.strip("|").split("|")].index("parameters")
+    counts = {}
+    for line in lines:
+        match = re.match(r"\| \[(\w+)\]\(\1\.cfg\) \|", line)
+        if match:
+            counts[match.group(1)] = [cell.strip() for cell in line.strip("|").split("|")][column]
+    return counts
+
+
+def parameter_count(path: Path) -> int:
+    """Parameters of the PyTorch model of a config, built on the meta device (no memory, no compute)."""
+    import torch
+
+    from efficient_vdvae_torch.model import UniversalAutoEncoder
+
+    with torch.device("meta"):
+        model = UniversalAutoEncoder(load_config(path))
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+@pytest.mark.parametrize("name", PUBLISHED_NAMES + ["quickstart"])
+def test_readme_parameter_count_is_the_models(name):
+    count = parameter_count(EGS_DIR / f"{name}.cfg")
+    expected = f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k"
+    assert readme_parameter_counts()[name] == expected
+
+
 def linear_beta(step: int, start: int, steps: int, beta_min: float) -> float:
     """SPEC section 5 'Linear' KL warm-up (denominator start + steps, as in the originals)."""
     return min(max((step - start) / (start + steps), beta_min), 1.0)
@@ -140,6 +172,7 @@ class TestQuickstart:
 
     def test_is_a_small_model(self, quickstart):
         hp = quickstart
+        assert 200_000 <= parameter_count(EGS_DIR / "quickstart.cfg") <= 1_000_000
         latent_groups = len(hp.model.down_strides) + sum(hp.model.down_n_blocks_per_res)
         assert latent_groups == 10
         assert max(hp.model.up_filters + hp.model.down_filters + [hp.model.input_conv_filters]) <= 64
