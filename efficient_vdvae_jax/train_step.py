@@ -64,7 +64,7 @@ def make_train_step(hp: Any, model: UniversalAutoEncoder | None = None
 
     def train_step(state: TrainState, rng: jax.Array, x: jax.Array) -> tuple[TrainState, dict]:
         (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, rng, x, state.step)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         if opt.clip_gradient_norm:
             grads = jax.tree.map(
                 lambda g: g * jnp.minimum(1.0, opt.gradient_clip_norm_value / (grad_norm + 1e-6)), grads)
