@@ -1,0 +1,100 @@
+"""The data scripts: sample dataset, seeded split, CelebA crop, offline resize, --help."""
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "data_scripts"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"data_script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["make_sample_dataset", "random_split", "preprocess_celeba64", "resize_images"])
+def test_every_python_script_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script(name).main(["--help"])
+    assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_download_script_help_and_unknown_dataset():
+    result = subprocess.run(["bash", str(SCRIPTS / "download_and_preprocess.sh"), "--help"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "imagenet32|imagenet64|celeba|celebahq|ffhq" in result.stdout
+    result = subprocess.run(["bash", str(SCRIPTS / "download_and_preprocess.sh"), "mnist"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "unknown dataset 'mnist'" in result.stderr
+
+
+def test_sample_dataset_layout_and_determinism(tmp_path, make_config):
+    script = _script("make_sample_dataset")
+    script.main(["--out", str(tmp_path / "a"), "--n-train", "20", "--n-val", "6", "--n-synthesis", "3"])
+    script.main(["--out", str(tmp_path / "b"), "--n-train", "20", "--n-val", "6", "--n-synthesis", "3"])
+    counts = {d: len(list((tmp_path / "a" / d).glob("*.png"))) for d in ("train_data", "val_data", "synthesis_data")}
+    assert counts == {"train_data": 20, "val_data": 6, "synthesis_data": 3}
+    for f in (tmp_path / "a" / "train_data").glob("*.png"):
+        image = np.asarray(Image.open(f))
+        assert image.shape == (32, 32, 3)
+        np.testing.assert_array_equal(image, np.asarray(Image.open(tmp_path / "b" / "train_data" / f.name)))
+    # the quick start reads it as a custom folder dataset
+    from efficient_vdvae_torch.data import create_dataloader
+
+    hp = make_config("data.dataset_source=custom", f"data.train_data_path='{tmp_path / 'a' / 'train_data'}'",
+                     f"data.val_data_path='{tmp_path / 'a' / 'val_data'}'",
+                     f"data.synthesis_data_path='{tmp_path / 'a' / 'synthesis_data'}'")
+    batch = next(iter(create_dataloader(hp, "train", num_workers=0)))
+    assert batch.shape == (4, 3, 32, 32) and batch.std() > 0.05
+
+
+def test_random_split_is_seeded_complete_and_flat(tmp_path, writers):
+    for name in ("x", "y"):
+        source = tmp_path / f"in_{name}"
+        for i, image in enumerate(writers.random_images(12, 4)):
+            (source / f"{i // 5:05d}").mkdir(parents=True, exist_ok=True)  # nested like FFHQ
+            Image.fromarray(image).save(source / f"{i // 5:05d}" / f"{i:05d}.png")
+        _script("random_split").main([str(source), str(tmp_path / f"out_{name}"), "4", "--seed", "3"])
+    val = sorted(p.name for p in (tmp_path / "out_x" / "val_data").iterdir())
+    train = sorted(p.name for p in (tmp_path / "out_x" / "train_data").iterdir())
+    assert len(val) == 4 and len(train) == 8 and sorted(val + train) == [f"{i:05d}.png" for i in range(12)]
+    assert val == sorted(p.name for p in (tmp_path / "out_y" / "val_data").iterdir())
+    assert (tmp_path / "out_x" / "val_files.txt").read_text().split() == val
+    assert not list((tmp_path / "in_x").rglob("*.png"))  # moved, not copied
+
+
+def test_celeba_preprocessing_crops_and_partitions(tmp_path):
+    photos = tmp_path / "img_align_celeba"
+    photos.mkdir()
+    photo = np.zeros((218, 178, 3), dtype=np.uint8)
+    photo[40:188, 15:163] = 90
+    for i in range(1, 5):
+        Image.fromarray(photo).save(photos / f"{i:06d}.jpg", quality=100)
+    (tmp_path / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n000004.jpg 2\n")
+    _script("preprocess_celeba64").main([str(photos), str(tmp_path / "list_eval_partition.txt"),
+                                         str(tmp_path / "celebA"), "--workers", "1"])
+    assert sorted(p.name for p in (tmp_path / "celebA" / "train_data").iterdir()) == ["000001.png", "000002.png"]
+    assert [p.name for p in (tmp_path / "celebA" / "synthesis_data").iterdir()] == ["000004.png"]
+    cropped = np.asarray(Image.open(tmp_path / "celebA" / "val_data" / "000003.png"))
+    assert cropped.shape == (148, 148, 3) and abs(int(cropped.min()) - 90) <= 3 and abs(int(cropped.max()) - 90) <= 3
+
+
+def test_bad_partition_line_is_named(tmp_path):
+    (tmp_path / "p.txt").write_text("000001.jpg 7\n")
+    with pytest.raises(ValueError, match=r"p\.txt:1"):
+        _script("preprocess_celeba64").read_partition(tmp_path / "p.txt")
+
+
+def test_offline_resize_matches_the_loaders_bilinear_resize(tmp_path, writers):
+    images = writers.random_images(3, 40, seed=2)
+    writers.write_png_folder(tmp_path / "big", images, nested=True)
+    _script("resize_images").main([str(tmp_path / "big"), str(tmp_path / "small"), "--resolution", "16",
+                                   "--workers", "1"])
+    out = tmp_path / "small" / "part1" / "img_001.png"
+    expected = Image.fromarray(images[1]).resize((16, 16), Image.BILINEAR)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))
