@@ -1,0 +1,50 @@
+"""Train Efficient-VDVAE with PyTorch.
+
+    python train.py [--config FILE] [--set section.key=value ...]   # one process
+    sh train.sh     [--config FILE] [--set section.key=value ...]   # one process per GPU (torchrun)
+
+Run from the folder where logs-<name>/ and checkpoints-<name> should live;
+--config defaults to ./hparams.cfg. Re-running a name resumes it; reset.sh
+<name> deletes it. SIGTERM or Ctrl-C: the current step finishes, a checkpoint
+is written, and the process exits 0 (Ctrl-C twice aborts at once).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Runnable as a script from any directory, without the editable install.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
+from efficient_vdvae_torch.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from efficient_vdvae_torch.trainer import run_training  # noqa: E402
+from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("Train Efficient-VDVAE (PyTorch).", argv)
+    # Only rank 0 writes the run's saved config (the others compute the same values).
+    hp = load_config_or_exit(args, save=True, is_writer=int(os.environ.get("RANK", "0")) == 0)
+    ctx = init_distributed()
+    try:
+        if ctx.is_main and hp.run.num_gpus != ctx.world_size:
+            print(f"note: run.num_gpus = {hp.run.num_gpus} but {ctx.world_size} process(es) run; the global "
+                  f"batch train.batch_size = {hp.train.batch_size} is split over {ctx.world_size}.", flush=True)
+        run_training(hp, ctx)
+    except (CheckpointError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
