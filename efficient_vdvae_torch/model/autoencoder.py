@@ -13,38 +13,6 @@ from efficient_vdvae_torch.model.layers import LevelBlockDown, LevelBlockUp, num
 from efficient_vdvae_torch.model.output_distribution import OutputDistribution, sample_output
 
 
-def validate_architecture(hp) -> None:
-    """Raise one clear ValueError, naming the key, for an inconsistent model section."""
-    m = hp.model
-    up_keys = ("up_strides", "up_n_blocks_per_res", "up_n_blocks", "up_n_layers", "up_filters",
-               "up_mid_filters_ratio", "up_kernel_size", "up_skip_filters")
-    down_keys = ("down_strides", "down_n_blocks_per_res", "down_n_blocks", "down_n_layers", "down_filters",
-                 "down_mid_filters_ratio", "down_kernel_size", "down_latent_variates")
-    for keys in (up_keys, down_keys):
-        lengths = {k: len(getattr(m, k)) for k in keys}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"model: per-level lists must have equal lengths, got {lengths}")
-    if list(m.up_strides) != list(m.down_strides)[::-1]:
-        raise ValueError("model.up_strides must equal model.down_strides reversed")
-    stride_product = math.prod(m.down_strides)
-    if hp.data.target_res % stride_product:
-        raise ValueError(f"data.target_res = {hp.data.target_res} is not divisible by prod(model.down_strides) "
-                         f"= {stride_product}")
-    up_in = [m.input_conv_filters] + list(m.up_filters[:-1])
-    for i, stride in enumerate(m.up_strides):
-        if stride == 1 and m.up_filters[i] != up_in[i]:
-            raise ValueError(f"model.up_filters[{i}] = {m.up_filters[i]}: a stride-1 level keeps its width "
-                             f"{up_in[i]}")
-    down_in = [m.down_filters[0]] + list(m.down_filters[:-1])
-    for i, stride in enumerate(m.down_strides):
-        if stride == 1 and m.down_filters[i] != down_in[i]:
-            raise ValueError(f"model.down_filters[{i}] = {m.down_filters[i]}: a stride-1 level keeps its width "
-                             f"{down_in[i]}")
-        if m.up_skip_filters[::-1][i] != m.down_filters[i]:
-            raise ValueError(f"model.up_skip_filters[::-1][{i}] = {m.up_skip_filters[::-1][i]} must equal "
-                             f"model.down_filters[{i}] = {m.down_filters[i]}")
-
-
 def latent_resolutions(hp) -> list[int]:
     """Spatial size of each top-down level's latents, from the lowest resolution up."""
     size = hp.data.target_res // math.prod(hp.model.down_strides)
@@ -138,11 +106,14 @@ class TopDown(nn.Module):
 
 
 class UniversalAutoEncoder(nn.Module):
-    """Efficient-VDVAE. Parameter names match the original PyTorch state_dict."""
+    """Efficient-VDVAE. Parameter names match the original PyTorch state_dict.
+
+    `hp` comes from hparams.load_config, which has already checked that the
+    model section is consistent (list lengths, strides, widths, skip filters).
+    """
 
     def __init__(self, hp):
         super().__init__()
-        validate_architecture(hp)
         self.num_groups = num_latent_groups(hp)
         self.num_levels = len(hp.model.down_strides)
         self.output_distribution = OutputDistribution.from_hparams(hp)
