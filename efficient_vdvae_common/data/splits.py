@@ -39,11 +39,12 @@ class Source:
     official_name: str | None = None  # the dataset's name in torchvision/tfds terms
     binarized: bool = False  # binarized MNIST: {0,1} pixels, padded to 32x32, no [-1,1] scaling
     crop_raw_celeba: bool = False
+    model_input_shape: tuple[int, int, int] | None = None  # fixed (H, W, C) of the official sets
 
 
 SOURCES: dict[str, Source] = {
-    "binarized_mnist": Source("official", official_name="mnist", binarized=True),
-    "cifar-10": Source("official", official_name="cifar10"),
+    "binarized_mnist": Source("official", official_name="mnist", binarized=True, model_input_shape=(32, 32, 1)),
+    "cifar-10": Source("official", official_name="cifar10", model_input_shape=(32, 32, 3)),
     "imagenet": Source("npz"),
     "celebA": Source("folder", crop_raw_celeba=True),
     "celebAHQ": Source("folder"),
@@ -67,7 +68,13 @@ def get_source(hp: Any) -> Source:
     name = hp.data.dataset_source
     if name not in SOURCES:
         raise DataError(f"data.dataset_source: unknown source {name!r}; expected one of {sorted(SOURCES)}")
-    return SOURCES[name]
+    source = SOURCES[name]
+    configured = (hp.data.target_res, hp.data.target_res, hp.data.channels)
+    if source.model_input_shape is not None and configured != source.model_input_shape:
+        resolution, _, channels = source.model_input_shape
+        raise DataError(f"data.dataset_source={name!r} needs data.target_res={resolution} and data.channels={channels}, "
+                        f"got {hp.data.target_res} and {hp.data.channels}")
+    return source
 
 
 def _crop_if_raw_celeba(image):

@@ -6,7 +6,7 @@ import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def create_iterator(
     num_workers: int | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-) -> Iterator:
+) -> "PrefetchingIterator":
     """One epoch of batches shaped (num_devices, per_device_batch, H, W, C), float32.
 
     Yields `x`, or `(x, names)` with with_names (names: nested lists per
@@ -90,52 +90,86 @@ def create_iterator(
             f"{num_devices} devices; pass with_mask=True to get the padding mask"
         )
     workers = max(1, len(os.sched_getaffinity(0)) if num_workers is None else num_workers)
-    return _prefetched(image_split, batches, epoch, with_names, with_mask, max(1, prefetch), workers)
+    return PrefetchingIterator(image_split, batches, epoch, with_names, with_mask, max(1, prefetch), workers)
 
 
-def _prefetched(image_split: ImageSplit, batches: list[list[np.ndarray]], epoch: int, with_names: bool,
-                with_mask: bool, prefetch: int, workers: int) -> Iterator:
-    """Produce batches on a background thread (decoding on a thread pool) `prefetch` ahead."""
-    ready: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
+def _make_batch(image_split: ImageSplit, slices: list[np.ndarray], epoch: int, with_names: bool, with_mask: bool,
+                pool: ThreadPoolExecutor):
+    positions = [int(p) for s in slices for p in s]
+    images = list(pool.map(lambda p: image_split.load(p, epoch), positions))
+    x, mask = _assemble(images, slices)
+    item: tuple = (x,)
+    if with_names:
+        item += ([[image_split.name(int(p)) for p in s] for s in slices],)
+    if with_mask:
+        item += (mask,)
+    return item[0] if len(item) == 1 else item
 
-    def produce() -> None:
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                for slices in batches:
-                    positions = [int(p) for s in slices for p in s]
-                    images = list(pool.map(lambda p: image_split.load(p, epoch), positions))
-                    x, mask = _assemble(images, slices)
-                    item: tuple = (x,)
-                    if with_names:
-                        item += ([[image_split.name(int(p)) for p in s] for s in slices],)
-                    if with_mask:
-                        item += (mask,)
-                    while not stop.is_set():
-                        try:
-                            ready.put(item[0] if len(item) == 1 else item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            ready.put(_END)
-        except BaseException as error:  # handed to the consumer, raised there
-            ready.put(error)
 
-    thread = threading.Thread(target=produce, name="data-prefetch", daemon=True)
-    thread.start()
+def _produce(make_batch, batches: list, ready: queue.Queue, stop: threading.Event, workers: int) -> None:
+    """Fill `ready` with batches, then _END (or the error raised); give up once `stop` is set."""
 
-    def consume() -> Iterator:
-        try:
-            while True:
-                item = ready.get()
-                if item is _END:
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for slices in batches:
+                if not put(make_batch(slices, pool)):
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
+        put(_END)
+    except BaseException as error:  # raised again in the consumer
+        put(error)
 
-    return consume()
+
+class PrefetchingIterator:
+    """Batches made `prefetch` ahead on a background thread (images decoded on a thread pool).
+
+    Has `len()` (number of batches) and `close()`; errors of the producer are
+    raised in the consumer. The thread holds no reference to the iterator, so
+    an abandoned iterator is collected and its thread stops.
+    """
+
+    def __init__(self, image_split: ImageSplit, batches: list[list[np.ndarray]], epoch: int, with_names: bool,
+                 with_mask: bool, prefetch: int, workers: int):
+        self._num_batches = len(batches)
+        self._ready: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._finished = False
+
+        def make_batch(slices, pool):
+            return _make_batch(image_split, slices, epoch, with_names, with_mask, pool)
+
+        self._thread = threading.Thread(target=_produce, args=(make_batch, batches, self._ready, self._stop, workers),
+                                        name="data-prefetch", daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def __iter__(self) -> "PrefetchingIterator":
+        return self
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        item = self._ready.get()
+        if item is _END or isinstance(item, BaseException):
+            self.close()
+            if item is _END:
+                raise StopIteration
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._finished = True
+        self._stop.set()
+
+    def __del__(self) -> None:
+        self._stop.set()

@@ -83,8 +83,9 @@ class ShardedEpochSampler(torch.utils.data.Sampler):
         return len(self._positions())
 
 
-def _default_num_workers(hp: Any) -> int:
-    return max(0, min(int(hp.run.num_cpus), len(os.sched_getaffinity(0))))
+def _default_num_workers(hp: Any, world_size: int) -> int:
+    """run.num_cpus, at most this machine's CPUs shared by the ranks."""
+    return max(0, min(int(hp.run.num_cpus), len(os.sched_getaffinity(0)) // world_size))
 
 
 def create_dataloader(
@@ -116,7 +117,7 @@ def create_dataloader(
     training = split == "train"
     sampler = ShardedEpochSampler(len(image_split), per_rank * world_size, rank=rank, world_size=world_size,
                                   seed=hp.run.seed, shuffle=training, drop_last=training)
-    workers = _default_num_workers(hp) if num_workers is None else num_workers
+    workers = _default_num_workers(hp, world_size) if num_workers is None else num_workers
     return torch.utils.data.DataLoader(
         SplitDataset(image_split, with_names),
         batch_size=per_rank,

@@ -70,6 +70,8 @@ def test_flips_only_in_training(folder_config):
     assert all(np.array_equal(no_flip.load(i, 0), plain.load(i)) for i in range(len(no_flip)))
 
 
-def test_unknown_source_and_split_are_named(make_config):
+def test_unknown_split_and_wrong_shape_are_named(make_config):
     with pytest.raises(ValueError, match="split 'test'"):
         build_split(make_config(), "test")
+    with pytest.raises(DataError, match="needs data.target_res=32 and data.channels=3"):
+        build_split(make_config("data.target_res=64"), "val", lambda name: _official())

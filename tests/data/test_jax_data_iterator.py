@@ -20,7 +20,9 @@ def _jax_flat(iterator):
 
 def test_batches_are_shaped_for_the_devices(folder_config):
     hp, _ = folder_config()
-    batches = list(create_iterator(hp, "train", num_devices=2))
+    iterator = create_iterator(hp, "train", num_devices=2)
+    assert len(iterator) == 6
+    batches = list(iterator)
     assert len(batches) == 6 and all(b.shape == (2, 2, 16, 16, 3) and b.dtype == np.float32 for b in batches)
     x, names = next(create_iterator(hp, "val", num_devices=1, with_names=True))
     assert x.shape == (1, 4, 16, 16, 3) and names == [["img_000.png", "img_001.png", "img_002.png", "img_003.png"]]
@@ -70,6 +72,15 @@ def test_errors_reach_the_consumer_and_early_exit_is_clean(folder_config, tmp_pa
     iterator = create_iterator(hp, "val", num_devices=1, prefetch=1)
     next(iterator)
     iterator.close()  # stops the producer thread instead of leaving it blocked
+    iterator._thread.join(timeout=5)
+    assert not iterator._thread.is_alive()
+    with pytest.raises(StopIteration):
+        next(iterator)
+    abandoned = create_iterator(hp, "val", num_devices=1, prefetch=1)
+    thread = abandoned._thread
+    del abandoned  # never closed: collecting it stops its thread
+    thread.join(timeout=5)
+    assert not thread.is_alive()
     (tmp_path / "val" / "img_007.png").write_bytes(b"broken")
     with pytest.raises(CorruptImageError, match=r"img_007\.png"):
         list(create_iterator(hp, "val", num_devices=1))
