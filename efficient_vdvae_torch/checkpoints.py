@@ -154,7 +154,7 @@ def restore_training_state(state: dict[str, Any], model: nn.Module, ema_model: n
     if is_original_checkpoint(state):
         # The original saved the index of its last step: step k means k + 1 updates ran.
         global_step = int(state["global_step"]) + 1
-        _load_original_optimizer_state(state["optimizer_state_dict"], model, optimizer)
+        _load_original_optimizer_state(state["optimizer_state_dict"], state["model_state_dict"], model, optimizer)
         progress = TrainingProgress(global_step=global_step)
     else:
         optimizer.load_state_dict(state["optimizer_state_dict"])
@@ -174,28 +174,30 @@ def restore_training_state(state: dict[str, Any], model: nn.Module, ema_model: n
     return progress
 
 
-def _load_original_optimizer_state(saved: dict[str, Any], model: nn.Module,
+def _load_original_optimizer_state(saved: dict[str, Any], saved_model_state: dict[str, Any], model: nn.Module,
                                    optimizer: torch.optim.Optimizer) -> None:
     """Map the original's single-group optimizer state onto our (possibly several) groups.
 
     The original optimised `model.parameters()` in one group, so its state is
-    indexed by position in that order; ours may split parameters into groups
-    (weight-decay mask), indexed by position in group order.
+    indexed by the position of a parameter in ITS registration order, which
+    the saved state_dict's key order records (our modules may register in
+    another order). Ours is indexed by position in our group order.
     """
-    saved_groups = saved["param_groups"]
-    saved_indices = [index for group in saved_groups for index in group["params"]]
-    parameters = list(model.parameters())
-    if len(saved_indices) != len(parameters):
+    named = dict(model.named_parameters())
+    saved_names = [name for name in saved_model_state if name in named]
+    saved_indices = [index for group in saved["param_groups"] for index in group["params"]]
+    if len(saved_indices) != len(saved_names) or len(saved_names) != len(named):
         raise CheckpointError(f"the original optimizer state covers {len(saved_indices)} parameters, "
-                              f"the model has {len(parameters)}")
-    position_of = {id(parameter): position for position, parameter in enumerate(parameters)}
-    ours = optimizer.state_dict()
+                              f"the model has {len(named)}")
+    index_of = {id(named[name]): index for name, index in zip(saved_names, saved_indices)}
     state: dict[int, Any] = {}
     our_index = 0
     for group in optimizer.param_groups:
         for parameter in group["params"]:
-            original_state = saved["state"].get(saved_indices[position_of[id(parameter)]])
+            original_state = saved["state"].get(index_of[id(parameter)])
             if original_state is not None:
-                state[our_index] = dict(original_state)
+                # torch's optimisers keep `step` as a tensor; the original stored an int.
+                state[our_index] = {key: torch.tensor(float(value)) if key == "step" and not torch.is_tensor(value)
+                                    else value for key, value in original_state.items()}
             our_index += 1
-    optimizer.load_state_dict({"state": state, "param_groups": ours["param_groups"]})
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})

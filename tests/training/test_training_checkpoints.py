@@ -204,3 +204,46 @@ def test_sigkill_while_writing_leaves_previous_checkpoint(tmp_path):
     assert state["global_step"] == 1 and torch.all(state["model_state_dict"]["w"] == 1)
     remove_stale_temp_files(path)
     assert sorted(tmp_path.iterdir()) == [path]
+
+
+def test_original_checkpoint_of_the_reference_model(reference_config, tmp_path):
+    """The original's weights (tests/fixtures) in an original-layout file resume our model and optimiser."""
+    import copy
+
+    import numpy as np
+
+    from efficient_vdvae_torch.model import UniversalAutoEncoder
+    from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, train_step
+
+    weights = np.load(REPO_ROOT / "tests" / "fixtures" / "original_torch_small" / "weights.npz")
+    state_dict = {name: torch.from_numpy(weights[name]) for name in weights.files}  # the original's order
+    original_state = {i: {"step": 41, "exp_avg": torch.full_like(v, float(i)), "exp_inf": torch.ones_like(v)}
+                      for i, v in enumerate(state_dict.values())}
+    torch.save({
+        "global_step": 40,
+        "model_state_dict": state_dict,
+        "ema_model_state_dict": state_dict,
+        "optimizer_state_dict": {"state": original_state, "param_groups": [
+            {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+             "params": list(range(len(state_dict)))}]},
+        "scheduler_state_dict": {"T_max": 750000, "eta_min": 2e-4, "base_lrs": [1e-3], "last_epoch": 40,
+                                 "_step_count": 41, "_last_lr": [4e-4], "decay_steps": 750000,
+                                 "decay_start": 50000, "minimum_learning_rate": 2e-4, "warmup_steps": 100.0},
+    }, tmp_path / "checkpoints-small")
+
+    hp = reference_config
+    model = UniversalAutoEncoder(hp)
+    ema = copy.deepcopy(model)
+    optimizer = build_optimizer(hp, model)
+    scheduler = build_lr_schedule(hp, optimizer)
+    progress = restore_training_state(load_checkpoint(tmp_path / "checkpoints-small"), model, ema, optimizer,
+                                      scheduler)
+    assert progress.global_step == 41
+    named = dict(model.named_parameters())
+    for i, name in enumerate(state_dict):
+        torch.testing.assert_close(named[name].detach(), state_dict[name], rtol=0, atol=0)
+        assert torch.all(optimizer.state[named[name]]["exp_avg"] == float(i)), name
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 41 / 100)  # our warm-up at step 41
+    stats = train_step(hp, model, ema, optimizer, scheduler, torch.zeros(4, 3, 32, 32), progress.global_step)
+    assert not stats["skipped"]
+    assert float(optimizer.state[named["top_down.trainable_h"]]["step"]) == 42
