@@ -54,6 +54,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "random_horizontal_flip": Key("bool"),
         # Added by this project.
         "skip_corrupt_images": Key("bool", False),
+        # Where cifar-10 and binarized_mnist are downloaded to and read from.
+        "download_dir": Key("str", "../datasets"),
         "full_test_set": Key("bool", False),
     },
     "model": {
