@@ -92,7 +92,8 @@ def num_latent_groups(hp) -> int:
     return sum(hp.model.down_n_blocks_per_res) + len(hp.model.down_strides)
 
 
-def _residual_stack(hp, n_blocks: int, n_layers: int, filters: int, ratio: float, kernel_size: IntPair) -> nn.Sequential:
+def _residual_stack(hp, n_blocks: int, n_layers: int, filters: int, ratio: float,
+                    kernel_size: IntPair) -> nn.Sequential:
     return nn.Sequential(*[
         ResidualConvCell(n_layers, filters, ratio, kernel_size, init_scale=stable_init_scale(hp),
                          use_1x1=hp.model.use_1x1_conv, checkpointed=hp.run.gradient_checkpointing)
@@ -140,10 +141,11 @@ class LevelBlockDown(nn.Module):
         self.residual_block = _residual_stack(hp, m.down_n_blocks[level], n_layers, filters, ratio, kernel)
         self.posterior_net = nn.Sequential(ResidualConvCell(
             n_layers, filters + skip_filters, ratio * 0.5, kernel, init_scale=1.0, residual=False,
-            use_1x1=m.use_1x1_conv, output_ratio=0.5))
+            use_1x1=m.use_1x1_conv, output_ratio=0.5, checkpointed=hp.run.gradient_checkpointing))
         self.prior_net = nn.Sequential(ResidualConvCell(
             n_layers, filters, ratio, kernel, init_scale=0.0 if m.initialize_prior_weights_as_zero else 1.0,
-            residual=False, use_1x1=m.use_1x1_conv, output_ratio=2.0))
+            residual=False, use_1x1=m.use_1x1_conv, output_ratio=2.0,
+            checkpointed=hp.run.gradient_checkpointing))
         self.prior_layer = GaussianLatentLayer(filters, variates, m.distribution_base, m.gradient_smoothing_beta)
         self.posterior_layer = GaussianLatentLayer(filters, variates, m.distribution_base, m.gradient_smoothing_beta)
         self.z_projection = Conv2d(variates, filters, 1)

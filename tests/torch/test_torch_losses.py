@@ -50,8 +50,8 @@ def test_compute_loss_normalisations_and_gamma_balancing(reference_config):
     out = compute_loss(hp, x, logits, posterior, prior, step=4000)
     kl_sums, kl_means = [], []
     for (mp, sp), (mq, sq) in zip(posterior, prior):
-        p, q = torch.distributions.Normal(mp.double(), sp.double()), torch.distributions.Normal(mq.double(), sq.double())
-        kl = torch.distributions.kl_divergence(p, q)
+        kl = torch.distributions.kl_divergence(torch.distributions.Normal(mp.double(), sp.double()),
+                                               torch.distributions.Normal(mq.double(), sq.double()))
         kl_sums.append(kl.sum().item())
         kl_means.append(kl.mean().item())
     expected_kl_per_group = np.array(kl_sums) / (2 * 32 * 32 * 3)

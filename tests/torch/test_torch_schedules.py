@@ -58,7 +58,9 @@ def test_linear_beta(reference_config, step, expected):
     assert kl_beta(reference_config, step) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("step, expected", [(10_000, 0.5), (10_000 + math.log(3) / 1e-5, 0.75), (0, 1 / (1 + math.e ** 0.1))])
+@pytest.mark.parametrize("step, expected", [
+    (10_000, 0.5), (10_000 + math.log(3) / 1e-5, 0.75), (0, 1 / (1 + math.e ** 0.1)),
+])
 def test_logistic_beta(make_config, step, expected):
     hp = make_config("loss.variation_schedule=Logistic")  # activation 10000, growth 1e-5
     assert kl_beta(hp, step) == pytest.approx(expected)
