@@ -14,14 +14,18 @@ from tests.conftest import REPO_ROOT
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.train_step import (create_train_state, data_parallel_mesh, init_params,
-                                                make_train_step, replicate, shard_batch)
+    from efficient_vdvae_jax.train_step import (create_train_state, data_parallel_mesh, make_train_step,
+                                                replicate, shard_batch)
     from tests.jax.helpers import load_tiny_config
 
     assert jax.device_count() == 2, jax.devices()
     hp = load_tiny_config("optimizer.learning_rate_scheme='exponential'", "optimizer.decay_start=0",
                           "optimizer.warmup_steps=0.", "optimizer.type='Adam'")
-    state = create_train_state(hp, init_params(hp, UniversalAutoEncoder(hp), jax.random.PRNGKey(0)))
+    # Random parameters from the traced shapes: cheaper than compiling init.
+    shapes = jax.eval_shape(UniversalAutoEncoder(hp).init, jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
+    values = np.random.default_rng(1)
+    params = jax.tree.map(lambda s: (0.2 * values.normal(size=s.shape)).astype(np.float32), shapes["params"])
+    state = create_train_state(hp, params)
     batch = np.random.default_rng(0).uniform(-1, 1, size=(2, 2, 8, 8, 3)).astype(np.float32)  # 2 devices x 2
     rng = jax.random.PRNGKey(1)
     train_step = make_train_step(hp)
