@@ -57,6 +57,9 @@ class SeededLatentNoise:
     def set_counter(self, counter: int) -> None:
         self.counter = counter
 
+    # Eager under torch.compile: the seed is a new Python int every step, which a
+    # traced graph would specialise on (one recompilation per step).
+    @torch.compiler.disable
     def draw(self, local_batch: int) -> list[torch.Tensor]:
         if self.counter is None:
             raise RuntimeError("SeededLatentNoise.set_counter was not called before a training forward pass")

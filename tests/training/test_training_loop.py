@@ -95,3 +95,11 @@ def test_validation_means_weigh_images_not_batches(make_config, run_overrides):
     expected_kl = sum(w * s["avg_kl_per_group"].double().numpy() for w, (_, s) in zip(weights, per_batch))
     np.testing.assert_allclose(avg_kl, expected_kl, rtol=1e-6)
     assert 0.0 < scalars["ssim"] < 1.0 or abs(scalars["ssim"]) < 0.2
+
+
+def test_channels_last_trains_like_the_default(make_config, run_overrides, tmp_path, assert_same_tree):
+    default = _train(make_config, run_overrides, tmp_path, "plain", "train.total_train_steps=2")
+    fast = _train(make_config, run_overrides, tmp_path, "cl", "train.total_train_steps=2", "run.channels_last=True")
+    assert default == fast
+    assert_same_tree(load_checkpoint(tmp_path / "checkpoints-plain")["model_state_dict"],
+                     load_checkpoint(tmp_path / "checkpoints-cl")["model_state_dict"], atol=1e-6)
