@@ -169,3 +169,11 @@ def test_meta_device_construction_creates_every_parameter(reference_config):
         model = UniversalAutoEncoder(reference_config)
     assert all(p.device.type == "meta" for p in model.parameters())
     assert model.top_down.levels_down_upsample[1].unpool.scale_bias.shape == (1, 32, 8, 8)
+
+
+def test_channels_last_gives_the_same_outputs(model, images):
+    with torch.no_grad():
+        expected = model(images, posterior_temperature=0.0)[0]
+        model = model.to(memory_format=torch.channels_last)
+        logits = model(images.contiguous(memory_format=torch.channels_last), posterior_temperature=0.0)[0]
+    torch.testing.assert_close(logits, expected)
