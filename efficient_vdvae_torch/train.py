@@ -23,6 +23,7 @@ from efficient_vdvae_common.data import DataError  # noqa: E402
 from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
 from efficient_vdvae_torch.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from efficient_vdvae_torch.trainer import run_training  # noqa: E402
+from hparams import ConfigError  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: run.num_gpus = {hp.run.num_gpus} but {ctx.world_size} process(es) run; the global "
                   f"batch train.batch_size = {hp.train.batch_size} is split over {ctx.world_size}.", flush=True)
         run_training(hp, ctx)
-    except (CheckpointError, DataError) as error:
+    except (CheckpointError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:

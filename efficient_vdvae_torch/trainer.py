@@ -32,6 +32,7 @@ from efficient_vdvae_torch.model.output_distribution import OutputDistribution, 
 from efficient_vdvae_torch.model.ssim import ssim_metric
 from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, eval_step, train_step
 from efficient_vdvae_torch.training_noise import SeededLatentNoise
+from hparams import ConfigError
 
 IMAGES_PER_GRID = 8
 # Validation means aggregated over ranks, in this order (report units; SSIM in [0, 1]).
@@ -239,10 +240,26 @@ class ProgressView:
             self.bar.close()
 
 
+def check_batch_sizes(hp: Any, world_size: int) -> None:
+    """Global batches must split evenly over the processes (SPEC section 6)."""
+    for key in ("train.batch_size", "val.batch_size"):
+        section, name = key.split(".")
+        value = getattr(getattr(hp, section), name)
+        if value % world_size:
+            raise ConfigError(f"{key} = {value} is not divisible by the {world_size} training processes "
+                              "(NUM_GPUS_PER_NODE x nodes); the global batch is split evenly over them")
+
+
 class Trainer:
-    """One training run (all its ranks run one Trainer each)."""
+    """One training run (all its ranks run one Trainer each).
+
+    Every rank holds the full model, its EMA copy and the optimiser state;
+    DDP averages the gradients, so every rank applies the same update and
+    keeps an identical EMA. Rank 0 alone writes checkpoints and TensorBoard.
+    """
 
     def __init__(self, hp: Any, ctx: DistributedContext, root: str | Path = "."):
+        check_batch_sizes(hp, ctx.world_size)
         self.hp = hp
         self.ctx = ctx
         self.checkpoint_file = checkpoint_path(hp.run.name, root)

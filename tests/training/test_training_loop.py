@@ -97,9 +97,19 @@ def test_validation_means_weigh_images_not_batches(make_config, run_overrides):
     assert 0.0 < scalars["ssim"] < 1.0 or abs(scalars["ssim"]) < 0.2
 
 
+@pytest.mark.slow
 def test_channels_last_trains_like_the_default(make_config, run_overrides, tmp_path, assert_same_tree):
     default = _train(make_config, run_overrides, tmp_path, "plain", "train.total_train_steps=2")
     fast = _train(make_config, run_overrides, tmp_path, "cl", "train.total_train_steps=2", "run.channels_last=True")
     assert default == fast
     assert_same_tree(load_checkpoint(tmp_path / "checkpoints-plain")["model_state_dict"],
                      load_checkpoint(tmp_path / "checkpoints-cl")["model_state_dict"], atol=1e-6)
+
+
+def test_batch_not_divisible_by_ranks_names_the_key(make_config, run_overrides, tmp_path):
+    from hparams import ConfigError
+
+    hp = make_config(*run_overrides("odd", "val.batch_size=3"))
+    two_ranks = DistributedContext(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="val.batch_size = 3 is not divisible by the 2"):
+        Trainer(hp, two_ranks, root=tmp_path)
