@@ -10,7 +10,6 @@ is written, and the process exits 0 (Ctrl-C twice aborts at once).
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ if str(REPO_ROOT) not in sys.path:
 from efficient_vdvae_common.data import DataError  # noqa: E402
 from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
 from efficient_vdvae_torch.distributed import init_distributed, shutdown_distributed  # noqa: E402
-from efficient_vdvae_torch.trainer import run_training  # noqa: E402
+from efficient_vdvae_torch.trainer import Trainer  # noqa: E402
 from hparams import ConfigError  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
 
@@ -31,14 +30,17 @@ EXIT_BAD_INPUT = 2
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("Train Efficient-VDVAE (PyTorch).", argv)
-    # Only rank 0 writes the run's saved config (the others compute the same values).
-    hp = load_config_or_exit(args, save=True, is_writer=int(os.environ.get("RANK", "0")) == 0)
+    hp = load_config_or_exit(args, save=False)
     ctx = init_distributed()
     try:
         if ctx.is_main and hp.run.num_gpus != ctx.world_size:
             print(f"note: run.num_gpus = {hp.run.num_gpus} but {ctx.world_size} process(es) run; the global "
                   f"batch train.batch_size = {hp.train.batch_size} is split over {ctx.world_size}.", flush=True)
-        run_training(hp, ctx)
+        trainer = Trainer(hp, ctx)
+        # Save the run's config only once data and checkpoint are known to be usable, so that a
+        # typo does not leave a saved run behind; rank 0 writes it, the others have the same values.
+        load_config_or_exit(args, save=True, is_writer=ctx.is_main)
+        trainer.run()
     except (CheckpointError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

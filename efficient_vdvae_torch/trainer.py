@@ -1,6 +1,6 @@
 """The training loop around `train_step`: data, validation, logging, checkpoints, signals.
 
-`run_training(hp, ctx)` trains run `hp.run.name` from its checkpoint (or from
+`Trainer(hp, ctx).run()` trains run `hp.run.name` from its checkpoint (or from
 scratch) until `train.total_train_steps` updates are applied or a stop
 signal arrives, on one process or as one rank of a data-parallel group.
 """
@@ -381,7 +381,3 @@ class Trainer:
                             self.checkpoint_file, self.hp.run.max_allowed_checkpoints)
         self.saved_progress = self.progress
         barrier()
-
-
-def run_training(hp: Any, ctx: DistributedContext, root: str | Path = ".") -> TrainingProgress:
-    return Trainer(hp, ctx, root).run()

@@ -1,10 +1,8 @@
 """Checkpoint files: atomic writes, rotation, weights-only loading, original-layout compatibility."""
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest

@@ -39,4 +39,4 @@ def test_missing_data_folder_is_one_line(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error:") and "missing" in result.stderr
-    assert not (tmp_path / "checkpoints-nodata").exists()
+    assert not (tmp_path / "checkpoints-nodata").exists() and not (tmp_path / "logs-nodata").exists()
