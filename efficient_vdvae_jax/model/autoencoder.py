@@ -34,6 +34,16 @@ def output_channels(hp: Any) -> int:
     return hp.model.num_output_mixtures * (3 * hp.data.channels + 1)
 
 
+def residual_cell(checkpointed: bool) -> type[ResidualConvCell]:
+    """The cell class; rematerialised (activations recomputed in the backward pass) when checkpointed."""
+    return nn.remat(ResidualConvCell) if checkpointed else ResidualConvCell
+
+
+def compute_dtype(hp: Any) -> Any:
+    """bfloat16 convolutions under `run.mixed_precision` (parameters and the loss stay float32)."""
+    return jnp.bfloat16 if hp.run.mixed_precision else None
+
+
 def stable_init_scale(hp: Any) -> float:
     return math.sqrt(1.0 / num_latent_groups(hp)) if hp.model.stable_init else 1.0
 
@@ -66,16 +76,19 @@ class LevelBlockUp(nn.Module):
     use_skip: bool
     init_scale: float
     use_1x1_conv: bool
+    checkpointed: bool = False
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         for b in range(self.n_blocks):
-            x = ResidualConvCell(self.n_layers, self.in_filters, self.mid_ratio, self.kernel_size,
-                                 self.init_scale, residual=True, out_ratio=1.0,
-                                 use_1x1_conv=self.use_1x1_conv, name=f"residual_block_{b}")(x)
-        skip = conv2d(self.skip_filters, 1, name="skip_projection")(x) if self.use_skip else None
+            x = residual_cell(self.checkpointed)(
+                self.n_layers, self.in_filters, self.mid_ratio, self.kernel_size, self.init_scale,
+                residual=True, out_ratio=1.0, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype,
+                name=f"residual_block_{b}")(x)
+        skip = conv2d(self.skip_filters, 1, dtype=self.dtype, name="skip_projection")(x) if self.use_skip else None
         if self.stride > 1:
-            x = PoolLayer(self.filters, self.stride, name="pool")(x)
+            x = PoolLayer(self.filters, self.stride, dtype=self.dtype, name="pool")(x)
         return x, skip
 
 
@@ -88,14 +101,15 @@ class BottomUp(nn.Module):
     def __call__(self, x: jax.Array) -> list[jax.Array]:
         m = self.hp.model
         in_filters = [m.input_conv_filters] + list(m.up_filters[:-1])
-        x = conv2d(m.input_conv_filters, m.input_kernel_size, name="input_conv")(x)
+        dtype = compute_dtype(self.hp)
+        x = conv2d(m.input_conv_filters, m.input_kernel_size, dtype=dtype, name="input_conv")(x)
         skips = []
         for i, stride in enumerate(m.up_strides):
             def level_block(stride: int, use_skip: bool, name: str) -> LevelBlockUp:
                 return LevelBlockUp(m.up_n_blocks[i], m.up_n_layers[i], in_filters[i], m.up_filters[i],
                                     m.up_mid_filters_ratio[i], m.up_kernel_size[i], stride,
                                     m.up_skip_filters[i], use_skip, stable_init_scale(self.hp),
-                                    m.use_1x1_conv, name=name)
+                                    m.use_1x1_conv, self.hp.run.gradient_checkpointing, dtype, name=name)
 
             for j in range(m.up_n_blocks_per_res[i]):
                 x, _ = level_block(1, False, f"levels_up_{i}_{j}")(x)
@@ -127,6 +141,8 @@ class LevelBlockDown(nn.Module):
     cells_init_scale: float
     z_projection_init_scale: float
     use_1x1_conv: bool
+    checkpointed: bool = False
+    dtype: Any = None
 
     def _sample(self, stats: GaussianStats, eps: jax.Array, temperature) -> jax.Array:
         return sample_gaussian(stats, self.distribution_base, self.gradient_smoothing_beta, eps, temperature)
@@ -137,13 +153,14 @@ class LevelBlockDown(nn.Module):
                  variate_mask: jax.Array | None = None
                  ) -> tuple[jax.Array, GaussianStats | None, GaussianStats, jax.Array]:
         if self.stride > 1:
-            y = UnpoolLayer(self.filters, self.stride, self.out_resolution, name="unpool")(y)
+            y = UnpoolLayer(self.filters, self.stride, self.out_resolution, dtype=self.dtype, name="unpool")(y)
         f = self.filters
-        cell = lambda in_filters, ratio, out_ratio, init_scale, name: ResidualConvCell(  # noqa: E731
+        cell_class = residual_cell(self.checkpointed)
+        cell = lambda in_filters, ratio, out_ratio, init_scale, name: cell_class(  # noqa: E731
             self.n_layers, in_filters, ratio, self.kernel_size, init_scale, residual=False,
-            out_ratio=out_ratio, use_1x1_conv=self.use_1x1_conv, name=name)
+            out_ratio=out_ratio, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype, name=name)
         latent_layer = lambda name: GaussianLatentLayer(  # noqa: E731
-            self.variates, self.distribution_base, self.gradient_smoothing_beta, name=name)
+            self.variates, self.distribution_base, self.gradient_smoothing_beta, dtype=self.dtype, name=name)
 
         kl_residual, y_prior = jnp.split(cell(f, self.mid_ratio, 2.0, self.prior_init_scale, "prior_net_0")(y),
                                          2, axis=-1)
@@ -151,7 +168,7 @@ class LevelBlockDown(nn.Module):
         posterior_rng, prior_rng = jax.random.split(rng)
         latent_shape = prior[0].shape
         if noise is None:
-            noise = jax.random.normal(posterior_rng, latent_shape, prior[0].dtype)
+            noise = jax.random.normal(posterior_rng, latent_shape, jnp.float32)
 
         if skip is None:
             posterior = None
@@ -163,15 +180,15 @@ class LevelBlockDown(nn.Module):
                 y_post, prior if self.use_residual_distribution else None)
             z = self._sample(posterior, noise, temperature)
             if variate_mask is not None:
-                prior_z = self._sample(prior, jax.random.normal(prior_rng, latent_shape, z.dtype), 1.0)
+                prior_z = self._sample(prior, jax.random.normal(prior_rng, latent_shape, jnp.float32), 1.0)
                 z = variate_mask * z + (1.0 - variate_mask) * prior_z
 
         y = y + kl_residual
-        y = y + conv2d(f, 1, init_scale=self.z_projection_init_scale, name="z_projection")(z)
+        y = y + conv2d(f, 1, init_scale=self.z_projection_init_scale, dtype=self.dtype, name="z_projection")(z)
         for b in range(self.n_blocks):
-            y = ResidualConvCell(self.n_layers, f, self.mid_ratio, self.kernel_size, self.cells_init_scale,
-                                 residual=True, out_ratio=1.0, use_1x1_conv=self.use_1x1_conv,
-                                 name=f"residual_block_{b}")(y)
+            y = cell_class(self.n_layers, f, self.mid_ratio, self.kernel_size, self.cells_init_scale,
+                           residual=True, out_ratio=1.0, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype,
+                           name=f"residual_block_{b}")(y)
         return y, posterior, prior, z
 
 
@@ -203,7 +220,8 @@ class TopDown(nn.Module):
                     prior_init_scale=0.0 if m.initialize_prior_weights_as_zero else 1.0,
                     cells_init_scale=stable_init_scale(self.hp),
                     z_projection_init_scale=math.sqrt(1.0 / n_groups),
-                    use_1x1_conv=m.use_1x1_conv, name=name)
+                    use_1x1_conv=m.use_1x1_conv, checkpointed=self.hp.run.gradient_checkpointing,
+                    dtype=compute_dtype(self.hp), name=name)
 
             blocks.append((level_block(stride, in_filters[i], f"levels_down_upsample_{i}"), i))
             for j in range(m.down_n_blocks_per_res[i]):
@@ -230,7 +248,8 @@ class TopDown(nn.Module):
             posteriors.append(posterior)
             priors.append(prior)
             zs.append(z)
-        logits = conv2d(output_channels(self.hp), m.output_kernel_size, name="output_conv")(y)
+        logits = conv2d(output_channels(self.hp), m.output_kernel_size, dtype=compute_dtype(self.hp),
+                        name="output_conv")(y)
         return logits, posteriors, priors, zs
 
 

@@ -5,6 +5,8 @@ Stats are a pair `(mean, std)` when `distribution_base == 'std'` and
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,10 +40,11 @@ class GaussianLatentLayer(nn.Module):
     variates: int
     distribution_base: str
     beta: float
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, prior_stats: GaussianStats | None = None) -> GaussianStats:
-        h = conv2d(2 * self.variates, 1, name="projection")(x)
+        h = conv2d(2 * self.variates, 1, dtype=self.dtype, name="projection")(x)
         mean, raw = jnp.split(h, 2, axis=-1)
         if self.distribution_base == "std":
             scale = beta_softplus(raw, self.beta)

@@ -6,7 +6,7 @@ renaming (see efficient_vdvae_jax/convert_checkpoint.py).
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import flax.linen as nn
 import jax
@@ -48,8 +48,11 @@ def scaled_glorot_uniform(scale: float) -> nn.initializers.Initializer:
 
 
 def conv2d(features: int, kernel_size: KernelSize, stride: int = 1, init_scale: float = 1.0,
-           name: str | None = None) -> nn.Conv:
-    """A 'same'-padded convolution with Glorot weights (times `init_scale`) and zero biases."""
+           dtype: Any = None, name: str | None = None) -> nn.Conv:
+    """A 'same'-padded convolution with Glorot weights (times `init_scale`) and zero biases.
+
+    `dtype`: the computation dtype (bfloat16 for mixed precision); parameters stay float32.
+    """
     return nn.Conv(
         features=features,
         kernel_size=as_pair(kernel_size),
@@ -57,6 +60,7 @@ def conv2d(features: int, kernel_size: KernelSize, stride: int = 1, init_scale: 
         padding=same_padding(kernel_size, stride),
         kernel_init=scaled_glorot_uniform(init_scale),
         bias_init=nn.initializers.zeros,
+        dtype=dtype,
         name=name,
     )
 
@@ -76,16 +80,17 @@ class ResidualConvCell(nn.Module):
     residual: bool
     out_ratio: float
     use_1x1_conv: bool
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         mid = int(self.in_filters * self.mid_ratio)
         out = int(self.in_filters * self.out_ratio)
         edge_kernel = 1 if self.use_1x1_conv else self.kernel_size
-        h = conv2d(mid, edge_kernel, name="convs_1")(nn.silu(x))
+        h = conv2d(mid, edge_kernel, dtype=self.dtype, name="convs_1")(nn.silu(x))
         for i in range(self.n_layers):
-            h = conv2d(mid, self.kernel_size, name=f"convs_{2 * i + 3}")(nn.silu(h))
-        h = conv2d(out, edge_kernel, init_scale=self.init_scale,
+            h = conv2d(mid, self.kernel_size, dtype=self.dtype, name=f"convs_{2 * i + 3}")(nn.silu(h))
+        h = conv2d(out, edge_kernel, init_scale=self.init_scale, dtype=self.dtype,
                    name=f"convs_{2 * self.n_layers + 3}")(nn.silu(h))
         return x + h if self.residual else h
 
@@ -95,10 +100,11 @@ class PoolLayer(nn.Module):
 
     out_filters: int
     stride: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv2d(self.out_filters, self.stride, stride=self.stride, name="ops_0")(x)
+        x = conv2d(self.out_filters, self.stride, stride=self.stride, dtype=self.dtype, name="ops_0")(x)
         return nn.leaky_relu(x, negative_slope=0.1)
 
 
@@ -108,12 +114,13 @@ class UnpoolLayer(nn.Module):
     out_filters: int
     stride: int
     out_resolution: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv2d(self.out_filters, 1, name="ops_0")(x)
+        x = conv2d(self.out_filters, 1, dtype=self.dtype, name="ops_0")(x)
         x = nn.leaky_relu(x, negative_slope=0.1)
         x = jnp.repeat(jnp.repeat(x, self.stride, axis=1), self.stride, axis=2)
         scale_bias = self.param("scale_bias", nn.initializers.zeros,
                                 (1, self.out_resolution, self.out_resolution, self.out_filters))
-        return x + scale_bias
+        return x + scale_bias.astype(x.dtype)

@@ -130,6 +130,10 @@ def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequ
     Sums are normalised by the batch given; under jit with a batch sharded over
     devices that is the global batch, so data parallelism changes nothing.
     """
+    # The objective in float32 even when the network computed in bfloat16.
+    x, logits = x.astype(jnp.float32), logits.astype(jnp.float32)
+    as_f32 = lambda stats: [(m.astype(jnp.float32), s.astype(jnp.float32)) for m, s in stats]  # noqa: E731
+    posterior_stats, prior_stats = as_f32(posterior_stats), as_f32(prior_stats)
     batch = x.shape[0]
     dims = image_dims(hp)
     nll = bernoulli_nll(x, logits) if is_binarized_mnist(hp) else mol_nll(hp, x, logits)
