@@ -108,3 +108,18 @@ def test_learning_rate_used_by_the_chain_is_the_schedule(params):
         updates, state = optimizer.update(ones, state, params)
         # Adam with a constant gradient of 1 moves by lr (up to eps and float32 bias corrections).
         np.testing.assert_allclose(-dict(flat_items(updates))[leaf], float(schedule(t)), rtol=1e-4, atol=1e-12)
+
+
+def test_weight_decay_mask_matches_the_torch_optimizer(reference_hp, reference_params):
+    """The same parameters are decayed in both frameworks (torch: group 0 holds the decayed kernels)."""
+    from efficient_vdvae_jax.convert_checkpoint import torch_key_to_flax_path
+    from efficient_vdvae_torch.model import UniversalAutoEncoder as TorchAutoEncoder
+    from efficient_vdvae_torch.model.optimizers import build_optimizer as build_torch_optimizer
+
+    model = TorchAutoEncoder(reference_hp)
+    names = {id(p): name for name, p in model.named_parameters()}
+    torch_decayed = {torch_key_to_flax_path(names[id(p)])
+                     for p in build_torch_optimizer(reference_hp, model).param_groups[0]["params"]}
+    jax_decayed = {path for path, decayed in flat_items(weight_decay_mask(reference_params)) if decayed}
+    assert jax_decayed == torch_decayed
+    assert len(jax_decayed) > 0
