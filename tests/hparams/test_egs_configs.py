@@ -24,13 +24,14 @@ DEFAULT_CONFIGS = [
     REPO_ROOT / "efficient_vdvae_torch" / "hparams.cfg",
     REPO_ROOT / "efficient_vdvae_jax" / "hparams.cfg",
 ]
-# Keys this project added to the original's; off unless a config turns them on.
+# Keys this project added to the original's, with their defaults.
 PROJECT_KEYS = {
     ("run", "mixed_precision"): False,
     ("run", "compile"): False,
     ("run", "channels_last"): False,
     ("run", "gradient_checkpointing"): False,
     ("data", "skip_corrupt_images"): False,
+    ("data", "download_dir"): "../datasets",
     ("data", "full_test_set"): False,
 }
 
