@@ -29,6 +29,17 @@ def write_image_folder(folder: Path, count: int, seed: int, size: int = 16) -> N
         Image.fromarray(pixels).save(folder / f"img_{index:03d}.png")
 
 
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One intra-op thread: on a few shared cores OpenMP's spinning threads make steps 3-4x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def image_folders(tmp_path_factory) -> dict[str, Path]:
     """12 train and 6 validation PNGs (3 train batches of 4 per epoch)."""
