@@ -126,7 +126,6 @@ class LevelBlockDown(nn.Module):
 
     n_blocks: int
     n_layers: int
-    in_filters: int
     filters: int
     mid_ratio: float
     kernel_size: KernelSize
@@ -200,7 +199,6 @@ class TopDown(nn.Module):
     def _blocks(self) -> list[tuple[LevelBlockDown, int]]:
         """Every top-down block in execution order, with the index of its resolution level."""
         m = self.hp.model
-        in_filters = [m.down_filters[0]] + list(m.down_filters[:-1])
         skip_filters = list(m.up_skip_filters)[::-1]
         resolution = top_resolution(self.hp)
         n_groups = num_latent_groups(self.hp)
@@ -208,10 +206,9 @@ class TopDown(nn.Module):
         for i, stride in enumerate(m.down_strides):
             resolution *= stride
 
-            def level_block(stride: int, in_f: int, name: str) -> LevelBlockDown:
+            def level_block(stride: int, name: str) -> LevelBlockDown:
                 return LevelBlockDown(
-                    n_blocks=m.down_n_blocks[i], n_layers=m.down_n_layers[i], in_filters=in_f,
-                    filters=m.down_filters[i], mid_ratio=m.down_mid_filters_ratio[i],
+                    n_blocks=m.down_n_blocks[i], n_layers=m.down_n_layers[i], filters=m.down_filters[i], mid_ratio=m.down_mid_filters_ratio[i],
                     kernel_size=m.down_kernel_size[i], stride=stride, skip_filters=skip_filters[i],
                     variates=m.down_latent_variates[i], out_resolution=resolution,
                     distribution_base=m.distribution_base,
@@ -223,9 +220,9 @@ class TopDown(nn.Module):
                     use_1x1_conv=m.use_1x1_conv, checkpointed=self.hp.run.gradient_checkpointing,
                     dtype=compute_dtype(self.hp), name=name)
 
-            blocks.append((level_block(stride, in_filters[i], f"levels_down_upsample_{i}"), i))
+            blocks.append((level_block(stride, f"levels_down_upsample_{i}"), i))
             for j in range(m.down_n_blocks_per_res[i]):
-                blocks.append((level_block(1, m.down_filters[i], f"levels_down_{i}_{j}"), i))
+                blocks.append((level_block(1, f"levels_down_{i}_{j}"), i))
         return blocks
 
     @nn.compact
@@ -275,6 +272,10 @@ class UniversalAutoEncoder(nn.Module):
         unmasked): masked-off variates take a prior sample. posterior_temperature scales the
         posterior std (0: the means). noise: optional L standard-normal posterior eps (NHWC).
         """
+        res, channels = self.hp.data.target_res, self.hp.data.channels
+        if x.ndim != 4 or x.shape[1:] != (res, res, channels):
+            raise ValueError(f"x must be (B, {res}, {res}, {channels}) (NHWC, data.target_res and data.channels), "
+                             f"got shape {x.shape}")
         n_groups = num_latent_groups(self.hp)
         for name, values in (("variate_masks", variate_masks), ("noise", noise)):
             if values is not None and len(values) != n_groups:

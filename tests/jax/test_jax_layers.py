@@ -68,6 +68,12 @@ def test_variate_masks(tiny):
         model.apply({"params": params}, rng, x, variate_masks=ones[:2])
 
 
+def test_wrong_input_shape_names_the_config_keys(tiny):
+    hp, model, params, x = tiny
+    with pytest.raises(ValueError, match="data.target_res"):
+        model.apply({"params": params}, jax.random.PRNGKey(0), jnp.zeros((2, 3, 8, 8)))
+
+
 def test_prior_sampling_shapes_and_temperature(tiny):
     hp, model, params, _ = tiny
     sample = jax.jit(model.apply, static_argnames=("batch_size", "method"))
