@@ -1,18 +1,23 @@
 """A TensorBoard event writer for numpy values, shared by both trainers.
 
-Built on the `tensorboard` package's own EventFileWriter and protos, so it
+Built on the `tensorboard` package's event protos and record framing, so it
 needs neither TensorFlow nor torch: scalars, histograms and images (uint8,
 channels-last) become the same summaries `tensorboard --logdir` shows.
+(tensorboard's own EventFileWriter is not used: it imports TensorFlow when
+TensorFlow is installed, which costs seconds and floods the log.)
 """
 from __future__ import annotations
 
+import itertools
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, histogram_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from efficient_vdvae_common.images import encode_png
 
@@ -35,18 +40,34 @@ def histogram_proto(values: np.ndarray, bins: int = 30) -> histogram_pb2.Histogr
         bucket_limit=edges[1:].tolist(), bucket=counts.astype(np.float64).tolist())
 
 
-class TensorBoardWriter:
-    """Writes summaries of one run mode (e.g. logs-<name>/train) to an event file."""
+_writer_ids = itertools.count()
 
-    def __init__(self, logdir: str | Path, flush_secs: int = 30):
+
+class TensorBoardWriter:
+    """Writes summaries of one run mode (e.g. logs-<name>/train) to a new event file.
+
+    Events are written synchronously; `flush` pushes them to the OS, so a
+    reader (or a crash) sees everything logged before the last flush.
+    """
+
+    def __init__(self, logdir: str | Path):
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self._writer = EventFileWriter(str(self.logdir), flush_secs=flush_secs)
+        # The name pattern TensorBoard looks for; the counter keeps two writers of one process apart.
+        self.path = self.logdir / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+                                   f".{os.getpid()}.{next(_writer_ids)}")
+        self._file = open(self.path, "wb")
+        self._records = RecordWriter(self._file)
+        self._add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.flush()
+
+    def _add_event(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
 
     def _write(self, value: summary_pb2.Summary.Value, step: int) -> None:
         event = event_pb2.Event(wall_time=time.time(), step=int(step),
                                 summary=summary_pb2.Summary(value=[value]))
-        self._writer.add_event(event)
+        self._add_event(event)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self._write(summary_pb2.Summary.Value(tag=tag, simple_value=float(value)), step)
@@ -71,10 +92,11 @@ class TensorBoardWriter:
         self._write(summary_pb2.Summary.Value(tag=tag, image=encoded), step)
 
     def flush(self) -> None:
-        self._writer.flush()
+        self._file.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if not self._file.closed:
+            self._file.close()
 
     def __enter__(self) -> "TensorBoardWriter":
         return self

@@ -338,6 +338,7 @@ class Trainer:
                                             setup.model.num_groups))
                 if self.writers:
                     self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
+                    self.writers["train"].flush()
             if not stats["skipped"] and progress.global_step % hp.train.checkpoint_and_eval_interval_in_steps == 0:
                 self.evaluate_and_log(x, stats, view)
                 self.save_checkpoint()

@@ -50,3 +50,23 @@ def test_grayscale_image(tmp_path):
         writer.add_image("gray", image, step=0)
     stored = _load(tmp_path).Images("gray")[0]
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(stored.encoded_image_string))), image[:, :, 0])
+
+
+def test_writing_does_not_import_tensorflow(tmp_path):
+    """TensorFlow is installed (for tfds); importing it would cost seconds in every training process."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from efficient_vdvae_common.tensorboard import TensorBoardWriter; "
+            f"w = TensorBoardWriter({str(tmp_path)!r}); w.add_scalar('a', 1.0, 0); w.close(); "
+            "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_two_writers_in_one_directory(tmp_path):
+    with TensorBoardWriter(tmp_path) as first, TensorBoardWriter(tmp_path) as second:
+        first.add_scalar("x", 1.0, step=1)
+        second.add_scalar("x", 2.0, step=2)
+    assert len(list(tmp_path.iterdir())) == 2
+    assert [(e.step, e.value) for e in _load(tmp_path).Scalars("x")] == [(1, 1.0), (2, 2.0)]
