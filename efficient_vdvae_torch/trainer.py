@@ -233,7 +233,7 @@ class ProgressView:
         elif summary:
             self.bar.write(text)
         else:
-            self.bar.set_postfix_str(text.split(" | ", 1)[1], refresh=False)
+            self.bar.set_postfix_str(text.split(" | ", 1)[1])
 
     def close(self) -> None:
         if self.bar is not None:
