@@ -16,6 +16,9 @@
 #     NNODES=2 NODE_RANK=0 RDZV_ENDPOINT=10.0.0.1:29500 sh train.sh --config my.cfg
 #   which runs torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d
 #   --rdzv_endpoint=10.0.0.1:29500 instead of --standalone.
+# Stopping: SIGTERM to torchrun (or Ctrl-C) reaches every rank; they finish the
+# current step, rank 0 writes the checkpoint, the ranks exit 0 (torchrun itself
+# then reports the signal it got). torchrun kills ranks still running 30 s later.
 set -eu
 
 SCRIPT_DIR=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
