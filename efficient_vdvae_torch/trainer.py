@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
 from efficient_vdvae_torch.checkpoints import (TrainingProgress, checkpoint_path, load_checkpoint,
@@ -268,6 +269,9 @@ class Trainer:
             remove_stale_temp_files(self.checkpoint_file)
         self.setup = build_training(hp, ctx, self.checkpoint_file)
         self.train_loader = create_dataloader(hp, "train", rank=ctx.rank, world_size=ctx.world_size)
+        if len(self.train_loader) == 0:
+            raise DataError(f"the train split ({hp.data.train_data_path}) has fewer images than one global "
+                            f"batch (train.batch_size = {hp.train.batch_size}); nothing to train on")
         self.val_loader = create_dataloader(hp, "val", rank=ctx.rank, world_size=ctx.world_size)
         self.writers = None
         if ctx.is_main:
@@ -282,7 +286,7 @@ class Trainer:
 
     def run(self) -> TrainingProgress:
         """Train until total_train_steps or a stop signal; always leaves a checkpoint of the last step."""
-        hp, setup = self.hp, self.setup
+        hp = self.hp
         total = hp.train.total_train_steps
         self.stop.install()
         view = ProgressView(self.ctx.is_main, total, self.progress.global_step)
@@ -313,9 +317,6 @@ class Trainer:
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.progress.data_epoch)
         sampler.set_start_batch(self.progress.data_batch)
-        if self.progress.data_batch == 0 and len(self.train_loader) == 0:
-            raise RuntimeError(f"the train split has fewer images than one global batch "
-                               f"(train.batch_size = {hp.train.batch_size}); nothing to train on")
         for x in self.train_loader:
             x = x.to(ctx.device, non_blocking=True)
             if hp.run.channels_last:

@@ -113,3 +113,12 @@ def test_batch_not_divisible_by_ranks_names_the_key(make_config, run_overrides, 
     two_ranks = DistributedContext(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
     with pytest.raises(ConfigError, match="val.batch_size = 3 is not divisible by the 2"):
         Trainer(hp, two_ranks, root=tmp_path)
+
+
+def test_train_set_smaller_than_a_batch_names_the_folder(make_config, run_overrides, tmp_path):
+    from efficient_vdvae_common.data import DataError
+
+    hp = make_config(*run_overrides("big_batch", "train.batch_size=16"))
+    with pytest.raises(DataError, match="fewer images than one global batch.*train.batch_size = 16"):
+        Trainer(hp, CPU, root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
