@@ -32,7 +32,7 @@ from efficient_vdvae_torch.model import UniversalAutoEncoder
 from efficient_vdvae_torch.model.output_distribution import OutputDistribution, mol_log_scales, split_mol_logits
 from efficient_vdvae_torch.model.ssim import ssim_metric
 from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, eval_step, train_step
-from efficient_vdvae_torch.training_noise import SeededLatentNoise
+from efficient_vdvae_torch.training_noise import TRAIN_STREAM, VALIDATION_STREAM, SeededLatentNoise
 from hparams import ConfigError
 
 IMAGES_PER_GRID = 8
@@ -109,8 +109,8 @@ def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> T
                                           resume_from_ema=hp.train.resume_from_ema)
         del state
 
-    # Training noise comes from SeededLatentNoise; the global RNG (validation, output samples)
-    # differs per rank so that ranks do not draw the same numbers.
+    # Posterior noise comes from SeededLatentNoise; the global RNG (output samples for SSIM and
+    # images) differs per rank so that ranks do not draw the same numbers.
     torch.manual_seed(hp.run.seed + ctx.rank)
     noise = SeededLatentNoise(hp, ctx.rank, ctx.world_size, ctx.device)
     noise.attach(model)
@@ -158,18 +158,24 @@ def batch_ssim(hp: Any, targets: torch.Tensor, outputs: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def validate(hp: Any, model: nn.Module, loader: torch.utils.data.DataLoader, ctx: DistributedContext
+def validate(hp: Any, model: nn.Module, loader: torch.utils.data.DataLoader, ctx: DistributedContext,
+             noise: SeededLatentNoise | None = None
              ) -> tuple[dict[str, float], np.ndarray, tuple[torch.Tensor, dict] | None]:
     """Means over every validation image of every rank: (scalars, avg KL per group, first batch).
 
     Each rank sums batch means weighted by batch size; the sums and the image
-    counts are added over ranks, so uneven last batches weigh correctly.
+    counts are added over ranks, so uneven last batches weigh correctly. With
+    `noise`, the posterior noise (hence every mean but SSIM, which samples the
+    output) is the same for any number of ranks.
     """
     was_training = model.training
     totals = None
     first_batch = None
-    for x in loader:
+    num_images, global_batch = len(loader.dataset), loader.batch_size * ctx.world_size
+    for index, x in enumerate(loader):
         x = x.to(ctx.device, non_blocking=True)
+        if noise is not None:
+            noise.set_batch(VALIDATION_STREAM, index, min(global_batch, num_images - index * global_batch))
         stats = eval_step(hp, model, x)
         samples = model.sample_output(stats["logits"])
         batch = x.shape[0]
@@ -322,7 +328,8 @@ class Trainer:
             if hp.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             progress = self.progress
-            setup.noise.set_counter(progress.global_step + progress.gradient_skip_count)
+            setup.noise.set_batch(TRAIN_STREAM, progress.global_step + progress.gradient_skip_count,
+                                  x.shape[0] * ctx.world_size)
             started = time.perf_counter()
             stats = train_step(hp, setup.step_model, setup.ema_model, setup.optimizer, setup.lr_schedule, x,
                                progress.global_step)
@@ -353,7 +360,7 @@ class Trainer:
     def evaluate_and_log(self, train_x: torch.Tensor, train_stats: dict, view: ProgressView) -> None:
         """Validation on every rank; summaries of the last train batch and the first val batch on rank 0."""
         hp, setup, step = self.hp, self.setup, self.progress.global_step
-        val_scalars, val_avg_kl, first_val = validate(hp, setup.model, self.val_loader, self.ctx)
+        val_scalars, val_avg_kl, first_val = validate(hp, setup.model, self.val_loader, self.ctx, setup.noise)
         if not self.ctx.is_main:
             return
         train_samples = setup.model.sample_output(train_stats["logits"])

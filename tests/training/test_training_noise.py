@@ -1,8 +1,10 @@
-"""Seeded training noise: the same numbers for any number of ranks, fed through the model's noise argument."""
+"""Seeded posterior noise: the same numbers for any number of ranks, fed through the model's noise argument."""
+import pytest
 import torch
 
 from efficient_vdvae_torch.model import UniversalAutoEncoder
-from efficient_vdvae_torch.training_noise import SeededLatentNoise, latent_noise_shapes
+from efficient_vdvae_torch.training_noise import (TRAIN_STREAM, VALIDATION_STREAM, SeededLatentNoise,
+                                                  latent_noise_shapes, rank_rows)
 
 CPU = torch.device("cpu")
 
@@ -13,33 +15,55 @@ def test_shapes_match_the_models_latents(reference_config):
     assert [(2, *shape) for shape in latent_noise_shapes(reference_config)] == [tuple(m.shape) for m, _ in posterior]
 
 
-def test_ranks_slice_the_single_process_noise(reference_config):
-    single = SeededLatentNoise(reference_config, rank=0, world_size=1, device=CPU)
-    single.set_counter(7)
-    whole = single.draw(local_batch=4)
+@pytest.mark.parametrize("global_batch, world_size, expected", [
+    (4, 2, [(0, 2), (2, 2)]),
+    (3, 2, [(0, 2), (2, 1)]),  # an uneven last batch, split like numpy.array_split
+    (1, 2, [(0, 1), (0, 0)]),
+])
+def test_rank_rows(global_batch, world_size, expected):
+    assert [rank_rows(global_batch, r, world_size) for r in range(world_size)] == expected
+
+
+def _draw(hp, rank, world_size, stream, counter, global_batch, local_batch):
+    noise = SeededLatentNoise(hp, rank=rank, world_size=world_size, device=CPU)
+    noise.set_batch(stream, counter, global_batch)
+    return noise.draw(local_batch)
+
+
+@pytest.mark.parametrize("global_batch", [4, 3])
+def test_ranks_slice_the_single_process_noise(reference_config, global_batch):
+    whole = _draw(reference_config, 0, 1, TRAIN_STREAM, 7, global_batch, global_batch)
     for rank in range(2):
-        part = SeededLatentNoise(reference_config, rank=rank, world_size=2, device=CPU)
-        part.set_counter(7)
-        for a, b in zip(part.draw(local_batch=2), whole):
-            torch.testing.assert_close(a, b[2 * rank:2 * rank + 2], rtol=0, atol=0)
-    single.set_counter(8)
-    assert not torch.equal(single.draw(4)[0], whole[0])
-    # Standard normal: mean ~0, std ~1 over the ~20k numbers drawn.
-    flat = torch.cat([n.flatten() for n in whole])
-    assert abs(flat.mean()) < 0.05 and abs(flat.std() - 1) < 0.05
+        first, count = rank_rows(global_batch, rank, 2)
+        part = _draw(reference_config, rank, 2, TRAIN_STREAM, 7, global_batch, count)
+        for a, b in zip(part, whole):
+            torch.testing.assert_close(a, b[first:first + count], rtol=0, atol=0)
 
 
-def test_hook_feeds_training_passes_only(reference_config):
+def test_streams_and_counters_differ_and_look_normal(reference_config):
+    base = _draw(reference_config, 0, 1, TRAIN_STREAM, 7, 4, 4)[0]
+    assert not torch.equal(_draw(reference_config, 0, 1, TRAIN_STREAM, 8, 4, 4)[0], base)
+    assert not torch.equal(_draw(reference_config, 0, 1, VALIDATION_STREAM, 7, 4, 4)[0], base)
+    flat = torch.cat([n.flatten() for n in _draw(reference_config, 0, 1, TRAIN_STREAM, 7, 4, 4)])
+    assert abs(flat.mean()) < 0.05 and abs(flat.std() - 1) < 0.05  # ~20k standard normal numbers
+
+
+def test_wrong_local_batch_is_refused(reference_config):
+    with pytest.raises(ValueError, match="rank 1 has 2 images, but a global batch of 3 over 2 ranks gives it 1"):
+        _draw(reference_config, 1, 2, TRAIN_STREAM, 0, 3, 2)
+
+
+def test_hook_feeds_one_armed_pass(reference_config):
     model = UniversalAutoEncoder(reference_config)
     noise = SeededLatentNoise(reference_config, rank=0, world_size=1, device=CPU)
     noise.attach(model)
-    noise.set_counter(3)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
+    noise.set_batch(TRAIN_STREAM, 3, 2)
     hooked = model(x)[0]
-    expected = model(x, noise=noise.draw(2))[0]  # the explicit argument wins over the hook
+    expected = model(x, noise=_draw(reference_config, 0, 1, TRAIN_STREAM, 3, 2, 2))[0]
     torch.testing.assert_close(hooked, expected, rtol=0, atol=0)
-    model.eval()
+    # Not armed: the model's own RNG.
     torch.manual_seed(0)
     first = model(x)[0]
     torch.manual_seed(1)
-    assert not torch.equal(first, model(x)[0])  # evaluation keeps the model's own RNG
+    assert not torch.equal(first, model(x)[0])
