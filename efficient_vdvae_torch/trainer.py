@@ -34,14 +34,11 @@ from efficient_vdvae_torch.model.ssim import ssim_metric
 from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, eval_step, train_step
 from efficient_vdvae_torch.training_noise import TRAIN_STREAM, VALIDATION_STREAM, SeededLatentNoise
 from hparams import ConfigError
+from hparams.saved_run import logs_dir
 
 IMAGES_PER_GRID = 8
 # Validation means aggregated over ranks, in this order (report units; SSIM in [0, 1]).
 VALIDATION_SCALARS = ("recon_report", "kl_div", "nelbo", "ssim")
-
-
-def log_dir(run_name: str, root: str | Path = ".") -> Path:
-    return Path(root) / f"logs-{run_name}"
 
 
 class StopFlag:
@@ -94,6 +91,8 @@ class TrainingSetup:
 def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> TrainingSetup:
     """Model, EMA, optimiser and LR schedule, restored from `checkpoint_file` when it exists."""
     seed_everything(hp.run.seed)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv algorithms once
     model = UniversalAutoEncoder(hp).to(ctx.device)
     if hp.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -270,7 +269,7 @@ class Trainer:
         self.hp = hp
         self.ctx = ctx
         self.checkpoint_file = checkpoint_path(hp.run.name, root)
-        self.logs = log_dir(hp.run.name, root)
+        self.logs = logs_dir(hp.run.name, root)
         if ctx.is_main:
             remove_stale_temp_files(self.checkpoint_file)
         self.setup = build_training(hp, ctx, self.checkpoint_file)
