@@ -99,8 +99,11 @@ def test_validation_means_weigh_images_not_batches(make_config, run_overrides):
 
 @pytest.mark.slow
 def test_channels_last_trains_like_the_default(make_config, run_overrides, tmp_path, assert_same_tree):
-    default = _train(make_config, run_overrides, tmp_path, "plain", "train.total_train_steps=2")
-    fast = _train(make_config, run_overrides, tmp_path, "cl", "train.total_train_steps=2", "run.channels_last=True")
+    # A larger Adamax eps: near-zero gradients otherwise turn the convolutions' different
+    # summation order into visible updates (see test_two_ranks_match_one_process).
+    settings = ("train.total_train_steps=2", "optimizer.epsilon=1e-4")
+    default = _train(make_config, run_overrides, tmp_path, "plain", *settings)
+    fast = _train(make_config, run_overrides, tmp_path, "cl", *settings, "run.channels_last=True")
     assert default == fast
     assert_same_tree(load_checkpoint(tmp_path / "checkpoints-plain")["model_state_dict"],
                      load_checkpoint(tmp_path / "checkpoints-cl")["model_state_dict"], atol=1e-6)
