@@ -97,7 +97,6 @@ def test_validation_means_weigh_images_not_batches(make_config, run_overrides):
     assert 0.0 < scalars["ssim"] < 1.0 or abs(scalars["ssim"]) < 0.2
 
 
-@pytest.mark.slow
 def test_channels_last_trains_like_the_default(make_config, run_overrides, tmp_path, assert_same_tree):
     # A larger Adamax eps: near-zero gradients otherwise turn the convolutions' different
     # summation order into visible updates (see test_two_ranks_match_one_process).
