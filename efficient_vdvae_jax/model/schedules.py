@@ -52,6 +52,8 @@ def learning_rate_schedule(hp: Any) -> Schedule:
     scheme = opt.learning_rate_scheme
 
     def warmed_up(t: jax.Array) -> jax.Array:
+        if warmup <= 0:  # no warm-up (and no 0 / 0)
+            return jnp.full_like(t, lr)
         return lr * jnp.minimum(1.0, t / warmup)
 
     if scheme == "constant":

@@ -44,6 +44,12 @@ def test_learning_rate_closed_forms(scheme):
         assert float(schedule(jnp.asarray(t))) == pytest.approx(expected(t), rel=1e-5, abs=1e-12), t
 
 
+@pytest.mark.parametrize("scheme", ["constant", "cosine"])
+def test_zero_warmup_means_full_learning_rate_from_step_0(scheme):
+    hp = load_reference_config(f"optimizer.learning_rate_scheme='{scheme}'", "optimizer.warmup_steps=0.")
+    assert float(learning_rate_schedule(hp)(0)) == pytest.approx(hp.optimizer.learning_rate)
+
+
 @pytest.mark.parametrize("schedule", ["None", "Linear", "Logistic"])
 def test_kl_beta_closed_forms(schedule):
     hp = load_reference_config(f"loss.variation_schedule='{schedule}'")
