@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hparams import checkpoints_path
+
 ORIGINAL_KEYS = ("global_step", "model_state_dict", "ema_model_state_dict",
                  "optimizer_state_dict", "scheduler_state_dict")
 FORMAT_VERSION = 1
@@ -44,7 +46,7 @@ class TrainingProgress:
 
 
 def checkpoint_path(run_name: str, root: str | Path = ".") -> Path:
-    return Path(root) / f"checkpoints-{run_name}"
+    return checkpoints_path(run_name, root)
 
 
 def history_dir(path: str | Path) -> Path:

@@ -12,7 +12,7 @@ from .config import Config, Section, load_config
 from .errors import ConfigError, MissingKeyError
 from .registry import HParams
 from .saved_run import (
-    checkpoints_dir,
+    checkpoints_path,
     load_run_config,
     logs_dir,
     saved_config_path,
@@ -25,7 +25,7 @@ __all__ = [
     "HParams",
     "MissingKeyError",
     "Section",
-    "checkpoints_dir",
+    "checkpoints_path",
     "load_config",
     "load_run_config",
     "logs_dir",

@@ -26,7 +26,8 @@ def logs_dir(name: str, root: str | Path = ".") -> Path:
     return Path(root) / f"logs-{name}"
 
 
-def checkpoints_dir(name: str, root: str | Path = ".") -> Path:
+def checkpoints_path(name: str, root: str | Path = ".") -> Path:
+    """`checkpoints-<name>`: one file in PyTorch (the original's layout), a folder in JAX."""
     return Path(root) / f"checkpoints-{name}"
 
 
