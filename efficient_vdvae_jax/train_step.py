@@ -49,13 +49,26 @@ def _where(condition: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
 
 
+def clip_gradients(grads: Any, grad_norm: jax.Array, max_norm: float) -> Any:
+    """Scale the gradients so that their global norm is at most `max_norm` (torch's clip_grad_norm_ rule)."""
+    scale = jnp.minimum(1.0, max_norm / (grad_norm + 1e-6))
+    return jax.tree.map(lambda g: g * scale, grads)
+
+
+def update_is_applied(hp: Any, grad_norm: jax.Array) -> jax.Array:
+    """False when `optimizer.gradient_skip` and the norm is NaN/inf or >= `gradient_skip_threshold`."""
+    if not hp.optimizer.gradient_skip:
+        return jnp.ones((), bool)
+    return jnp.isfinite(grad_norm) & (grad_norm < hp.optimizer.gradient_skip_threshold)
+
+
 def make_train_step(hp: Any, model: UniversalAutoEncoder | None = None
                     ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
     """`state, stats = train_step(state, rng, x)`: forward, loss, gradients, clip, skip, update, EMA."""
     model = model or UniversalAutoEncoder(hp)
     optimizer = build_optimizer(hp)
     learning_rate = learning_rate_schedule(hp)
-    opt, ema_decay = hp.optimizer, hp.train.ema_decay
+    ema_decay = hp.train.ema_decay
 
     def loss_fn(params: Any, rng: jax.Array, x: jax.Array, step: jax.Array) -> tuple[jax.Array, LossOutput]:
         logits, posterior, prior = model.apply({"params": params}, rng, x)
@@ -65,12 +78,9 @@ def make_train_step(hp: Any, model: UniversalAutoEncoder | None = None
     def train_step(state: TrainState, rng: jax.Array, x: jax.Array) -> tuple[TrainState, dict]:
         (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, rng, x, state.step)
         grad_norm = optax.tree.norm(grads)
-        if opt.clip_gradient_norm:
-            grads = jax.tree.map(
-                lambda g: g * jnp.minimum(1.0, opt.gradient_clip_norm_value / (grad_norm + 1e-6)), grads)
-        # The skip test uses the norm before clipping.
-        apply = (jnp.isfinite(grad_norm) & (grad_norm < opt.gradient_skip_threshold)
-                 if opt.gradient_skip else jnp.ones((), bool))
+        if hp.optimizer.clip_gradient_norm:
+            grads = clip_gradients(grads, grad_norm, hp.optimizer.gradient_clip_norm_value)
+        apply = update_is_applied(hp, grad_norm)  # judged on the norm before clipping
 
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from efficient_vdvae_jax.model import UniversalAutoEncoder
-from efficient_vdvae_jax.train_step import create_train_state, init_params, make_eval_step, make_train_step
-from tests.jax.helpers import load_tiny_config
+from efficient_vdvae_jax.train_step import (clip_gradients, create_train_state, init_params, make_eval_step,
+                                            make_train_step, update_is_applied)
+from tests.jax.helpers import load_reference_config, load_tiny_config
 
 # Exponential LR with decay_start 0: the very first update already has lr > 0.
 HP_OVERRIDES = ("optimizer.learning_rate_scheme='exponential'", "optimizer.decay_start=0",
@@ -76,3 +77,19 @@ def test_eval_step_uses_beta_one(hp, initial_state, batch):
     out = make_eval_step(hp)(initial_state.params, jax.random.PRNGKey(0), batch)
     assert float(out.beta) == 1.0
     assert float(out.loss) == pytest.approx(float(out.recon_loss) + float(jnp.sum(out.kl_per_group)), rel=1e-6)
+
+
+def test_clip_gradients_caps_the_global_norm():
+    grads = {"a": jnp.asarray([3.0, 0.0]), "b": {"c": jnp.asarray([[4.0]])}}  # global norm 5
+    clipped = clip_gradients(grads, jnp.asarray(5.0), 2.5)
+    np.testing.assert_allclose(clipped["a"], [1.5, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(clipped["b"]["c"], [[2.0]], rtol=1e-5)
+    untouched = clip_gradients(grads, jnp.asarray(5.0), 300.0)
+    np.testing.assert_allclose(untouched["a"], [3.0, 0.0])
+
+
+@pytest.mark.parametrize("norm, applied", [(1.0, True), (799.9, True), (800.0, False), (np.inf, False),
+                                           (np.nan, False)])
+def test_skip_rule(norm, applied):
+    assert bool(update_is_applied(load_reference_config(), jnp.asarray(norm, jnp.float32))) is applied
+    assert bool(update_is_applied(load_reference_config("optimizer.gradient_skip=False"), jnp.asarray(norm)))
