@@ -1,0 +1,52 @@
+"""Train Efficient-VDVAE with JAX, data parallel over all local devices.
+
+    python train.py [--config FILE] [--set section.key=value ...]
+
+Run from the folder where logs-<name>/ and checkpoints-<name>/ should live;
+--config defaults to ./hparams.cfg. Re-running a name resumes it; reset.sh
+<name> deletes it. SIGTERM or Ctrl-C: the current step finishes, a checkpoint
+is written, and the process exits 0 (Ctrl-C twice aborts at once).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Runnable as a script from any directory, without the editable install.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import jax  # noqa: E402
+
+from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_jax.checkpoints import CheckpointError  # noqa: E402
+from efficient_vdvae_jax.trainer import Trainer  # noqa: E402
+from hparams import ConfigError  # noqa: E402
+from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("Train Efficient-VDVAE (JAX).", argv)
+    hp = load_config_or_exit(args, save=False)
+    num_devices = jax.local_device_count()
+    if hp.run.num_gpus != num_devices:
+        print(f"note: run.num_gpus = {hp.run.num_gpus} but {num_devices} {jax.default_backend()} device(s) "
+              f"are used; the global batch train.batch_size = {hp.train.batch_size} is split over them.",
+              flush=True)
+    try:
+        trainer = Trainer(hp)
+        # Save the run's config only once data and checkpoint are known to be usable, so that a
+        # typo does not leave a saved run behind.
+        load_config_or_exit(args, save=True)
+        trainer.run()
+    except (CheckpointError, ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

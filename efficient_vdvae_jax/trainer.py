@@ -1,0 +1,341 @@
+"""The JAX training loop around the jitted `train_step`: data, validation, logging, checkpoints, signals.
+
+`Trainer(hp).run()` trains run `hp.run.name` from its latest checkpoint (or
+from scratch) until `train.total_train_steps` updates are applied or a stop
+signal arrives, data parallel over all local devices: the global batch is
+sharded along its first axis, the state replicated (see train_step.py).
+
+Randomness needs no saved RNG state: the key of a train step is derived from
+(run.seed, number of train batches consumed), that of validation batch i from
+(run.seed, i). JAX's partitionable threefry draws the same numbers for a
+global array however it is sharded, so N devices compute the 1-device step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from efficient_vdvae_common.data import DataError
+from efficient_vdvae_common.images import make_grid, model_space_to_uint8
+from efficient_vdvae_common.tensorboard import TensorBoardWriter
+from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress, checkpoint_dir
+from efficient_vdvae_jax.data import create_iterator
+from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
+from efficient_vdvae_jax.model.autoencoder import num_latent_groups
+from efficient_vdvae_jax.model.losses import _mol_params, is_binarized_mnist, sample_output
+from efficient_vdvae_jax.model.ssim import ssim_per_image
+from efficient_vdvae_jax.train_step import (TrainState, create_train_state, data_parallel_mesh, init_params,
+                                            make_train_step, replicate, shard_batch)
+from hparams import ConfigError
+from hparams.saved_run import logs_dir
+
+IMAGES_PER_GRID = 8
+TRAIN_STREAM = 0
+VALIDATION_STREAM = 1
+SUMMARY_STREAM = 2  # the reconstruction of the last train batch shown at evaluation
+# Per-image validation values, in this order (report units; SSIM in [0, 1]).
+VALIDATION_SCALARS = ("recon_report", "kl_div", "nelbo", "ssim")
+SSIM_WINDOW = 11
+
+
+class StopFlag:
+    """Records SIGTERM/SIGINT so the loop can finish its step, checkpoint and exit 0.
+
+    A second SIGINT (Ctrl-C twice) aborts at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then checkpointing.",
+              file=sys.stderr, flush=True)
+
+
+def step_key(seed: int, stream: int, counter: int) -> jax.Array:
+    """The PRNG key of batch `counter` of `stream`: reproducible without any saved RNG state."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), counter)
+
+
+def check_batch_sizes(hp: Any, num_devices: int) -> None:
+    """Global batches must split evenly over the devices (SPEC section 6)."""
+    for key in ("train.batch_size", "val.batch_size"):
+        section, name = key.split(".")
+        value = getattr(getattr(hp, section), name)
+        if value % num_devices:
+            raise ConfigError(f"{key} = {value} is not divisible by the {num_devices} local devices; "
+                              "the global batch is split evenly over them")
+
+
+def format_train_line(progress: TrainingProgress, total_steps: int, seconds: float, stats: dict,
+                      num_groups: int) -> str:
+    """The one-line summary printed every train.logging_interval_in_steps (as the PyTorch trainer's)."""
+    return (f"step {progress.global_step}/{total_steps} | {seconds:.3f} s/step"
+            f" | recon {stats['recon_report']:.4f} | kl {stats['kl_div']:.4f} | nelbo {stats['nelbo']:.4f}"
+            f" | beta {stats['beta']:.4g} | active {stats['active_groups']}/{num_groups}"
+            f" | grad_norm {stats['grad_norm']:.4g} | lr {stats['learning_rate']:.3g}"
+            f" | skips {progress.gradient_skip_count}")
+
+
+def per_group_scalars(avg_kl_per_group: Any) -> dict[str, float]:
+    """Average KL of each latent group, bits per latent dimension."""
+    return {f"Latent_KL/group_{g:02d}": float(v) for g, v in enumerate(np.asarray(avg_kl_per_group))}
+
+
+def train_scalars(progress: TrainingProgress, seconds: float, stats: dict) -> dict[str, float]:
+    scalars = {
+        "Losses/reconstruction": stats["recon_report"], "Losses/kl_div": stats["kl_div"],
+        "Losses/nelbo": stats["nelbo"], "Losses/loss": stats["loss"],
+        "Schedules/beta": stats["beta"], "Schedules/learning_rate": stats["learning_rate"],
+        "Stats/active_groups": stats["active_groups"], "Stats/grad_norm": stats["grad_norm"],
+        "Stats/gradient_skip_count": progress.gradient_skip_count, "Stats/seconds_per_step": seconds,
+    }
+    scalars.update(per_group_scalars(stats["avg_kl_per_group"]))
+    return scalars
+
+
+def host_stats(hp: Any, stats: dict) -> dict:
+    """Train step stats as numpy/Python values, plus the number of active latent groups (SPEC section 7)."""
+    stats = jax.device_get(stats)
+    stats["active_groups"] = int(np.sum(stats["avg_kl_per_group"] >= hp.metrics.latent_active_threshold))
+    return stats
+
+
+def make_validation_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
+    """`sums, first = step(params, rng, x, mask)` for one padded global batch.
+
+    `sums` holds the mask-weighted sums of the per-image values (VALIDATION_SCALARS,
+    then avg KL per group, then the image count), so that means over a whole pass
+    weigh images, not batches. Per-image values come from the loss of each image
+    alone: every term is a mean over images, so their mean is the batch's value.
+    `first` holds what the summaries need (logits, output samples).
+    """
+    no_ssim = is_binarized_mnist(hp) or hp.data.target_res < SSIM_WINDOW
+
+    def loss_of_one_image(x, logits, posterior, prior):
+        add_batch = lambda tree: jax.tree.map(lambda a: a[None], tree)  # noqa: E731
+        return compute_loss(hp, x[None], logits[None], add_batch(posterior), add_batch(prior), None)
+
+    def validation_step(params, rng, x, mask):
+        model_rng, output_rng = jax.random.split(rng)
+        logits, posterior, prior = model.apply({"params": params}, model_rng, x)
+        out = jax.vmap(loss_of_one_image)(x, logits, posterior, prior)
+        samples = sample_output(hp, output_rng, logits)
+        if no_ssim:
+            ssim = jnp.full(x.shape[:1], jnp.nan)
+        else:
+            ssim = ssim_per_image(x * 127.5 + 127.5, samples * 127.5 + 127.5)
+        per_image = jnp.concatenate([
+            jnp.stack([out.recon_report, out.kl_div, out.nelbo, ssim], axis=1),
+            out.avg_kl_per_group, jnp.ones_like(ssim)[:, None]], axis=1).astype(jnp.float32)
+        sums = jnp.sum(jnp.where(mask[:, None], per_image, 0.0), axis=0)
+        return sums, {"logits": logits, "samples": samples}
+
+    return jax.jit(validation_step)
+
+
+def padded_validation_batches(hp: Any, num_devices: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Validation batches (num_devices, per_device, H, W, C) with their masks, the last one zero-padded
+    to the full shape so that the validation step compiles once."""
+    per_device = hp.val.batch_size // num_devices
+    for x, mask in create_iterator(hp, "val", num_devices=num_devices, with_mask=True):
+        missing = per_device - x.shape[1]
+        if missing:
+            x = np.concatenate([x, np.zeros((num_devices, missing) + x.shape[2:], x.dtype)], axis=1)
+            mask = np.concatenate([mask, np.zeros((num_devices, missing), bool)], axis=1)
+        yield x, mask
+
+
+def validate(hp: Any, validation_step: Callable, params: Any, mesh: Mesh
+             ) -> tuple[dict[str, float], np.ndarray, tuple[np.ndarray, dict] | None]:
+    """Means over the validation images: (scalars, avg KL per group, first batch (x, logits/samples))."""
+    totals, first_batch = None, None
+    for index, (x, mask) in enumerate(padded_validation_batches(hp, mesh.size)):
+        sharded_mask = jax.device_put(mask.reshape(-1), NamedSharding(mesh, PartitionSpec("data")))
+        sums, outputs = validation_step(params, step_key(hp.run.seed, VALIDATION_STREAM, index),
+                                        shard_batch(mesh, x), sharded_mask)
+        sums = np.asarray(sums, np.float64)
+        totals = sums if totals is None else totals + sums
+        if first_batch is None:
+            real = mask.reshape(-1)
+            first_batch = (x.reshape((-1,) + x.shape[2:])[real],
+                           {key: np.asarray(value)[real] for key, value in outputs.items()})
+    if totals is None:
+        raise DataError(f"the validation split ({hp.data.val_data_path}) has no images")
+    means = totals[:-1] / totals[-1]
+    scalars = dict(zip(VALIDATION_SCALARS, means[:len(VALIDATION_SCALARS)].tolist()))
+    return scalars, means[len(VALIDATION_SCALARS):], first_batch
+
+
+def log_batch_summaries(hp: Any, writer: TensorBoardWriter, step: int, x: np.ndarray, outputs: dict,
+                        params: Any | None = None) -> None:
+    """Histograms (targets, outputs, output means and log-scales, weights) and image grids."""
+    binarized = is_binarized_mnist(hp)
+    samples = outputs["samples"]
+    writer.add_histogram("Distributions/target", x, step, bins=20)
+    writer.add_histogram("Distributions/output", samples, step, bins=20)
+    if not binarized:
+        _, means, log_scales, _, _ = _mol_params(hp, jnp.asarray(outputs["logits"]))
+        writer.add_histogram("OutputLayer/means", np.asarray(means), step)
+        writer.add_histogram("OutputLayer/log_scales", np.asarray(log_scales), step)
+    if params is not None:
+        for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
+            writer.add_histogram("Weights/" + ".".join(path), np.asarray(value, np.float32), step)
+    writer.add_image("Images/targets", make_grid(model_space_to_uint8(x[:IMAGES_PER_GRID], binarized)), step)
+    writer.add_image("Images/reconstructions",
+                     make_grid(model_space_to_uint8(samples[:IMAGES_PER_GRID], binarized)), step)
+
+
+def abstract_train_state(hp: Any, model: UniversalAutoEncoder, sharding: NamedSharding) -> TrainState:
+    """Shapes, dtypes and the (replicated) sharding of the train state, without computing it."""
+    def fresh_state(rng):
+        return create_train_state(hp, init_params(hp, model, rng))
+
+    shapes = jax.eval_shape(fresh_state, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+class Trainer:
+    """One training run over all local devices; checkpoints and TensorBoard under `root`."""
+
+    def __init__(self, hp: Any, root: str | Path = ".", devices: int | None = None):
+        self.hp = hp
+        self.mesh = data_parallel_mesh(devices)
+        check_batch_sizes(hp, self.mesh.size)
+        self.model = UniversalAutoEncoder(hp)
+        self.logs = logs_dir(hp.run.name, root)
+        self.checkpoints = TrainingCheckpoints(checkpoint_dir(hp.run.name, root), hp.run.max_allowed_checkpoints)
+        first_epoch = create_iterator(hp, "train", num_devices=self.mesh.size, prefetch=1)
+        first_epoch.close()
+        if len(first_epoch) == 0:
+            raise DataError(f"the train split ({hp.data.train_data_path}) has fewer images than one global "
+                            f"batch (train.batch_size = {hp.train.batch_size}); nothing to train on")
+        self.state, self.progress = self._initial_state()
+        self.saved_progress = self.progress if self.checkpoints.latest() is not None else None
+        self.train_step = make_train_step(hp, self.model)
+        self.validation_step = make_validation_step(hp, self.model)
+        self.writers = {mode: TensorBoardWriter(self.logs / mode) for mode in ("train", "val")}
+        self.stop = StopFlag()
+
+    def _initial_state(self) -> tuple[TrainState, TrainingProgress]:
+        """The latest checkpoint's state (EMA weights as params with train.resume_from_ema), or a fresh one."""
+        hp, replicated = self.hp, NamedSharding(self.mesh, PartitionSpec())
+        if self.checkpoints.latest() is None:
+            params = init_params(hp, self.model, jax.random.PRNGKey(hp.run.seed))
+            return replicate(self.mesh, create_train_state(hp, params)), TrainingProgress()
+        state, progress = self.checkpoints.restore(abstract_train_state(hp, self.model, replicated))
+        if hp.train.resume_from_ema:
+            state = state.replace(params=jax.tree.map(jnp.copy, state.ema_params))
+        return state, progress
+
+    def run(self) -> TrainingProgress:
+        """Train until total_train_steps or a stop signal; always leaves a checkpoint of the last step."""
+        hp = self.hp
+        self.stop.install()
+        if self.progress.global_step:
+            print(f"resuming run '{hp.run.name}' at step {self.progress.global_step} "
+                  f"(epoch {self.progress.data_epoch}, batch {self.progress.data_batch}, "
+                  f"{self.progress.gradient_skip_count} skipped updates)", flush=True)
+        stopped = False
+        try:
+            while self.progress.global_step < hp.train.total_train_steps and not stopped:
+                stopped = self._run_epoch()
+            if self.progress != self.saved_progress:
+                self.save_checkpoint()
+        finally:
+            self.stop.uninstall()
+            for writer in self.writers.values():
+                writer.close()
+            self.checkpoints.close()
+        reason = "stopped by signal" if stopped else "finished"
+        print(f"{reason} at step {self.progress.global_step}; checkpoints in {self.checkpoints.directory}",
+              flush=True)
+        return self.progress
+
+    def _run_epoch(self) -> bool:
+        """Train from the current data position to the end of its epoch; True when asked to stop."""
+        hp = self.hp
+        batches = create_iterator(hp, "train", num_devices=self.mesh.size, epoch=self.progress.data_epoch,
+                                  start_batch=self.progress.data_batch)
+        try:
+            for batch in batches:
+                progress = self.progress
+                x = shard_batch(self.mesh, batch)
+                started = time.perf_counter()
+                self.state, stats = self.train_step(
+                    self.state, step_key(hp.run.seed, TRAIN_STREAM, progress.consumed_batches), x)
+                stats = host_stats(hp, stats)  # waits for the step: its time and the skip decision
+                seconds = time.perf_counter() - started
+                skipped = bool(stats["skipped"])
+                self.progress = progress = dataclasses.replace(
+                    progress, data_batch=progress.data_batch + 1,
+                    global_step=progress.global_step + (0 if skipped else 1),
+                    gradient_skip_count=progress.gradient_skip_count + (1 if skipped else 0))
+
+                if progress.consumed_batches % hp.train.logging_interval_in_steps == 0:
+                    print(format_train_line(progress, hp.train.total_train_steps, seconds, stats,
+                                            num_latent_groups(hp)), flush=True)
+                    self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
+                    self.writers["train"].flush()
+                if not skipped and progress.global_step % hp.train.checkpoint_and_eval_interval_in_steps == 0:
+                    self.evaluate_and_log(batch)
+                    self.save_checkpoint()
+                if self.stop.requested or progress.global_step >= hp.train.total_train_steps:
+                    return self.stop.requested
+        finally:
+            batches.close()
+        self.progress = dataclasses.replace(self.progress, data_epoch=self.progress.data_epoch + 1, data_batch=0)
+        return False
+
+    def evaluate_and_log(self, train_batch: np.ndarray) -> None:
+        """Validation means; summaries of the last train batch (reconstructed with the updated
+        weights: the jitted train step returns no logits) and of the first validation batch."""
+        hp, step, params = self.hp, self.progress.global_step, self.state.params
+        val_scalars, val_avg_kl, (val_x, val_outputs) = validate(hp, self.validation_step, params, self.mesh)
+        train_x = train_batch.reshape((-1,) + train_batch.shape[2:])
+        sums, train_outputs = self.validation_step(
+            params, step_key(hp.run.seed, SUMMARY_STREAM, step),
+            shard_batch(self.mesh, train_batch),
+            jax.device_put(np.ones(len(train_x), bool), NamedSharding(self.mesh, PartitionSpec("data"))))
+        train_ssim = float(sums[3] / sums[-1])
+        print(f"step {step} | train nelbo {float(sums[2] / sums[-1]):.4f} ssim {train_ssim:.4f}"
+              f" | val recon {val_scalars['recon_report']:.4f} kl {val_scalars['kl_div']:.4f}"
+              f" nelbo {val_scalars['nelbo']:.4f} ssim {val_scalars['ssim']:.4f}", flush=True)
+        train_writer, val_writer = self.writers["train"], self.writers["val"]
+        train_writer.add_scalar("Metrics/ssim", train_ssim, step)
+        log_batch_summaries(hp, train_writer, step, train_x, jax.device_get(train_outputs), params=params)
+        val_writer.add_scalars({"Losses/reconstruction": val_scalars["recon_report"],
+                                "Losses/kl_div": val_scalars["kl_div"], "Losses/nelbo": val_scalars["nelbo"],
+                                "Metrics/ssim": val_scalars["ssim"]}, step)
+        val_writer.add_scalars(per_group_scalars(val_avg_kl), step)
+        log_batch_summaries(hp, val_writer, step, val_x, val_outputs)
+        train_writer.flush()
+        val_writer.flush()
+
+    def save_checkpoint(self) -> None:
+        self.checkpoints.save(self.state, self.progress)
+        self.saved_progress = self.progress
