@@ -1,0 +1,270 @@
+"""The four inference modes of PyTorch Efficient-VDVAE (SPEC.md section 8).
+
+Each mode is one function taking the config, a loaded model and its device:
+`reconstruct`, `generate`, `compute_div_stats`, `encode`. `run_synthesis`
+loads the run's checkpoint and dispatches on `synthesis.synthesis_mode`;
+synthesize.py is the command-line entry around it.
+
+Outputs live in the run's `logs-<name>/` folder (relative to the working
+directory, like training): `synthesis-images/reconstructed/`,
+`synthesis-images/generated/<setting>/`, `div_stats.npy`,
+`latents/encodings.npz`.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from efficient_vdvae_common.data.readers import IMAGE_EXTENSIONS
+from efficient_vdvae_common.encodings import ENCODINGS_FILENAME, Encodings, EncodingsBuilder, write_encodings
+from efficient_vdvae_common.images import model_space_to_uint8, write_png
+from efficient_vdvae_common.temperatures import expand_temperature_settings
+from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, load_div_stats, save_div_stats, variate_masks
+from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
+from efficient_vdvae_torch.data import create_dataloader
+from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
+from efficient_vdvae_torch.model.latent_layers import gaussian_std
+from efficient_vdvae_torch.model.losses import count_active_groups, kl_per_variate
+from efficient_vdvae_torch.model.output_distribution import MNIST_CROP
+from efficient_vdvae_torch.model.ssim import ssim_per_image
+from hparams.saved_run import logs_dir
+
+MODES = ("reconstruction", "generation", "div_stats", "encoding")
+
+
+@dataclass
+class ReconstructionMetrics:
+    """Means over the synthesis set (sums over images / image count), in report units
+    (bits/dim; nats per image for binarized_mnist). `ssim` is None for binarized_mnist."""
+
+    nelbo: float
+    recon: float
+    kl_div: float
+    ssim: float | None
+    num_images: int
+
+    def summary(self) -> str:
+        ssim = "" if self.ssim is None else f" | SSIM {self.ssim:.6f}"
+        return (f"NELBO {self.nelbo:.6f} | reconstruction {self.recon:.6f} | KL {self.kl_div:.6f}{ssim}"
+                f" | {self.num_images} images")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Every random draw of a mode (latent noise, output samples) follows run.seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_synthesis_model(hp: Any, device: torch.device, root: str | Path = ".") -> UniversalAutoEncoder:
+    """The run's model in eval mode, with its EMA weights when synthesis.load_ema_weights."""
+    path = checkpoint_path(hp.run.name, root)
+    state = load_checkpoint(path, map_location=device)
+    if state is None:
+        raise CheckpointError(f"no checkpoint {path} (resolved to {Path(path).resolve()}): train run "
+                              f"'{hp.run.name}' first, and run synthesis from the folder that holds it")
+    key = "ema_model_state_dict" if hp.synthesis.load_ema_weights else "model_state_dict"
+    model = UniversalAutoEncoder(hp).to(device)
+    try:
+        model.load_state_dict(state[key])
+    except RuntimeError as error:
+        detail = str(error).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit the configured model ({detail})") from None
+    print(f"loaded {'EMA' if hp.synthesis.load_ema_weights else 'trained'} weights from {path} "
+          f"(step {int(state['global_step'])})", flush=True)
+    return model.eval().requires_grad_(False)
+
+
+def load_variate_masks(hp: Any, model: UniversalAutoEncoder, root: str | Path = ".") -> np.ndarray:
+    """(L, variates) boolean masks from the run's div_stats.npy (SPEC section 8)."""
+    div_stats = load_div_stats(logs_dir(hp.run.name, root) / DIV_STATS_FILENAME, model.num_groups,
+                               hp.model.down_latent_variates[0])
+    return variate_masks(div_stats, hp.synthesis.variate_masks_quantile)
+
+
+def _progress(loader, description: str):
+    # disable=None: a bar on a terminal, silent in logs and pipes.
+    return tqdm(loader, desc=description, unit="batch", disable=None, dynamic_ncols=True)
+
+
+def _image_stem(name: str) -> str:
+    """A data set name without its image extension (array-file names have none)."""
+    path = Path(name)
+    return path.with_suffix("").as_posix() if path.suffix.lower() in IMAGE_EXTENSIONS else name
+
+
+def _to_uint8_images(images: torch.Tensor, binarized: bool) -> np.ndarray:
+    """(B, C, H, W) model-space images -> (B, H, W, C) uint8."""
+    return model_space_to_uint8(images.permute(0, 2, 3, 1).float().cpu().numpy(), binarized)
+
+
+@torch.no_grad()
+def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, output_dir: str | Path,
+                masks: np.ndarray | None = None, posterior_temperature: float = 1.0) -> ReconstructionMetrics:
+    """Encode and decode the synthesis set; write `<name>.png` (and `<name>-target.png`) per image.
+
+    The metrics are those of evaluation (beta 1, no gamma balancing) with z
+    sampled from the posterior as in training; `masks` replace masked-off
+    variates by prior samples (temperature 1, independent noise).
+    `posterior_temperature=0` decodes the posterior means instead.
+    """
+    output_dir = Path(output_dir)
+    dist = model.output_distribution
+    binarized = dist.bernoulli
+    mask_list = None if masks is None else [torch.as_tensor(m, dtype=torch.float32) for m in masks]
+    totals = {"nelbo": 0.0, "recon": 0.0, "kl_div": 0.0, "ssim": 0.0}
+    count = 0
+    for x, names in _progress(create_dataloader(hp, "synthesis", with_names=True), "reconstruction"):
+        x = x.to(device)
+        logits, posterior_stats, prior_stats = model(x, variate_masks=mask_list,
+                                                     posterior_temperature=posterior_temperature)
+        loss = compute_loss(hp, x, logits, posterior_stats, prior_stats, step=None)
+        outputs = model.sample_output(logits, hp.synthesis.output_temperature)
+        batch = x.shape[0]
+        # Batch means times batch size: an uneven last batch weighs what its images weigh.
+        totals["nelbo"] += loss.nelbo.item() * batch
+        totals["recon"] += loss.recon_report.item() * batch
+        totals["kl_div"] += loss.kl_div.item() * batch
+        targets = x[:, :, MNIST_CROP, MNIST_CROP] if binarized else x
+        if not binarized:
+            totals["ssim"] += ssim_per_image(targets * 127.5 + 127.5, outputs * 127.5 + 127.5).sum().item()
+        count += batch
+
+        output_images = _to_uint8_images(outputs, binarized)
+        target_images = _to_uint8_images(targets, binarized)
+        for name, output, target in zip(names, output_images, target_images):
+            stem = _image_stem(name)
+            write_png(output_dir / f"{stem}.png", output)
+            if hp.synthesis.save_target_in_reconstruction:
+                write_png(output_dir / f"{stem}-target.png", target)
+    return ReconstructionMetrics(
+        nelbo=totals["nelbo"] / count, recon=totals["recon"] / count, kl_div=totals["kl_div"] / count,
+        ssim=None if binarized else totals["ssim"] / count, num_images=count)
+
+
+def temperature_folder_name(index: int, setting: Any) -> str:
+    """A readable folder name per temperature_settings entry, e.g. `00_T-0.8`, `04_linear-0.7-0.9`."""
+    if isinstance(setting, tuple):
+        label = "-".join([str(setting[0])] + [f"{float(t):g}" for t in setting[1:]])
+    elif isinstance(setting, list):
+        label = "list-" + "-".join(f"{float(t):g}" for t in setting)
+    else:
+        label = f"T-{float(setting):g}"
+    return f"{index:02d}_{label}"
+
+
+@torch.no_grad()
+def generate(hp: Any, model: UniversalAutoEncoder, device: torch.device, output_dir: str | Path) -> list[Path]:
+    """n_generation_batches batches of synthesis.batch_size prior samples per temperature setting.
+
+    Writes `<output_dir>/<setting folder>/image-0000.png`, ...; returns the folders.
+    """
+    settings = hp.synthesis.temperature_settings
+    expanded = expand_temperature_settings(settings, model.num_levels)
+    folders = []
+    for index, (setting, temperatures) in enumerate(zip(settings, expanded)):
+        folder = Path(output_dir) / temperature_folder_name(index, setting)
+        image_index = 0
+        batches = range(hp.synthesis.n_generation_batches)
+        for _ in _progress(batches, f"generation {folder.name}"):
+            logits, _ = model.sample_from_prior(hp.synthesis.batch_size, temperatures)
+            images = model.sample_output(logits, hp.synthesis.output_temperature)
+            for image in _to_uint8_images(images, model.output_distribution.bernoulli):
+                write_png(folder / f"image-{image_index:04d}.png", image)
+                image_index += 1
+        folders.append(folder)
+    return folders
+
+
+@torch.no_grad()
+def compute_div_stats(hp: Any, model: UniversalAutoEncoder, device: torch.device) -> np.ndarray:
+    """(L, variates): per-variate KL in bits, averaged over the div_stats images and positions."""
+    total, count = None, 0
+    for x in _progress(create_dataloader(hp, "div_stats"), "div_stats"):
+        x = x.to(device)
+        _, posterior_stats, prior_stats = model(x)
+        batch_kl = kl_per_variate(hp, posterior_stats, prior_stats).double() * x.shape[0]
+        total = batch_kl if total is None else total + batch_kl
+        count += x.shape[0]
+    return (total / count).cpu().numpy()
+
+
+def div_stats_summary(hp: Any, div_stats: np.ndarray) -> str:
+    """Active groups (mean KL per latent dim >= metrics.latent_active_threshold) and the masks' share."""
+    groups, variates = div_stats.shape
+    masks = variate_masks(div_stats, hp.synthesis.variate_masks_quantile)
+    active = count_active_groups(torch.from_numpy(div_stats.mean(axis=1)), hp.metrics.latent_active_threshold)
+    masked_groups = [g for g in range(groups) if masks[g].any()]
+    return (f"div_stats ({groups} groups x {variates} variates): {active}/{groups} active groups; "
+            f"{int(masks.sum())}/{masks.size} variates ({masks.mean():.2%}) above the "
+            f"{1 - hp.synthesis.variate_masks_quantile:g} quantile, in groups {masked_groups}")
+
+
+@torch.no_grad()
+def encode(hp: Any, model: UniversalAutoEncoder, device: torch.device, masks: np.ndarray) -> Encodings:
+    """Posterior (mean, std) of the active variates of every train image, per group with any active.
+
+    The forward pass uses the masks (masked-off variates take prior samples),
+    so later groups see what masked reconstruction would feed them.
+    """
+    active = {g: np.flatnonzero(mask) for g, mask in enumerate(masks) if mask.any()}
+    builder = EncodingsBuilder(active)
+    mask_list = [torch.as_tensor(m, dtype=torch.float32) for m in masks]
+    base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+    for x, names in _progress(create_dataloader(hp, "encode", with_names=True), "encoding"):
+        x = x.to(device)
+        _, posterior_stats, _ = model(x, variate_masks=mask_list)
+        posteriors = {}
+        for g, variates in active.items():
+            index = torch.as_tensor(variates, device=device)
+            mean = posterior_stats[g][0][:, index]
+            std = gaussian_std(posterior_stats[g], base, beta)[:, index]
+            # (B, n, H, W, 2) -> (B, H, W, n, 2)
+            posteriors[g] = torch.stack([mean, std], dim=-1).permute(0, 2, 3, 1, 4).float().cpu().numpy()
+        builder.add_batch(list(names), posteriors)
+    return builder.build()
+
+
+def run_synthesis(hp: Any, device: torch.device | None = None, root: str | Path = ".",
+                  posterior_temperature: float = 1.0) -> None:
+    """Load run `hp.run.name` from `root` and run `synthesis.synthesis_mode`, printing a summary."""
+    mode = hp.synthesis.synthesis_mode
+    if mode not in MODES:
+        raise ValueError(f"synthesis.synthesis_mode = {mode!r}: expected one of {MODES}")
+    device = device or default_device()
+    run_logs = logs_dir(hp.run.name, root)
+    model = load_synthesis_model(hp, device, root)
+    # Masks come before any output so that a missing div_stats leaves nothing half-written.
+    needs_masks = mode == "encoding" or (mode == "reconstruction" and hp.synthesis.mask_reconstruction)
+    masks = load_variate_masks(hp, model, root) if needs_masks else None
+    seed_everything(hp.run.seed)
+
+    if mode == "reconstruction":
+        metrics = reconstruct(hp, model, device, run_logs / "synthesis-images" / "reconstructed", masks,
+                              posterior_temperature)
+        print(metrics.summary(), flush=True)
+    elif mode == "generation":
+        output_dir = run_logs / "synthesis-images" / "generated"
+        folders = generate(hp, model, device, output_dir)
+        print(f"wrote {hp.synthesis.n_generation_batches * hp.synthesis.batch_size} images for each of "
+              f"{len(folders)} temperature settings under {output_dir}", flush=True)
+    elif mode == "div_stats":
+        div_stats = compute_div_stats(hp, model, device)
+        save_div_stats(run_logs / DIV_STATS_FILENAME, div_stats)
+        print(div_stats_summary(hp, div_stats), flush=True)
+        print(f"wrote {run_logs / DIV_STATS_FILENAME}", flush=True)
+    else:
+        encodings = encode(hp, model, device, masks)
+        path = run_logs / "latents" / ENCODINGS_FILENAME
+        write_encodings(path, encodings)
+        print(f"wrote {path}: {len(encodings.file_names)} images, groups {sorted(encodings.groups)}", flush=True)
