@@ -87,16 +87,21 @@ def _should_skip(hp, grad_norm: float) -> bool:
 
 
 def _stats(hp, out: LossOutput, logits: torch.Tensor) -> dict:
-    avg_kl = out.avg_kl_per_group.detach()
+    # One device-to-host copy for every number the logger needs, not one per value.
+    scalars = torch.stack([out.loss, out.recon_loss, out.recon_report, out.kl_div, out.nelbo])
+    n_groups = out.kl_per_group.numel()
+    host = torch.cat([scalars.float(), out.kl_per_group.float(), out.avg_kl_per_group.float()]).detach().cpu()
+    loss, recon_loss, recon_report, kl_div, nelbo = host[:5].tolist()
+    avg_kl = host[5 + n_groups:]
     return {
-        "loss": out.loss.item(),
-        "recon_loss": out.recon_loss.item(),
-        "recon_report": out.recon_report.item(),
-        "kl_div": out.kl_div.item(),
-        "nelbo": out.nelbo.item(),
+        "loss": loss,
+        "recon_loss": recon_loss,
+        "recon_report": recon_report,
+        "kl_div": kl_div,
+        "nelbo": nelbo,
         "beta": out.beta,
-        "kl_per_group": out.kl_per_group.detach().cpu(),
-        "avg_kl_per_group": avg_kl.cpu(),
+        "kl_per_group": host[5:5 + n_groups],
+        "avg_kl_per_group": avg_kl,
         "active_groups": count_active_groups(avg_kl, hp.metrics.latent_active_threshold),
         "logits": logits.detach(),
     }
