@@ -48,7 +48,8 @@ def test_round_trip_in_batches(tmp_path):
 
 def test_layout_is_checked():
     good = np.zeros((2, 4, 4, 2, 2), dtype=np.float32)
-    with pytest.raises(EncodingsError, match=r"group 3: posterior of shape \(2, 4, 4, 2, 2\), expected \(2, H, W, 3, 2\)"):
+    wrong_shape = r"group 3: posterior of shape \(2, 4, 4, 2, 2\), expected \(2, H, W, 3, 2\)"
+    with pytest.raises(EncodingsError, match=wrong_shape):
         Encodings(["a", "b"], {3: GroupEncoding(np.array([0, 1, 2]), good)})
     with pytest.raises(EncodingsError, match="not unique"):
         Encodings(["a", "a"], {3: GroupEncoding(np.array([0, 1]), good)})
