@@ -27,6 +27,11 @@ test-slow: install
 demo: install
 	$(PY) data_scripts/make_sample_dataset.py
 	cd efficient_vdvae_torch && ../$(PY) train.py --config ../egs/quickstart.cfg
+	cd efficient_vdvae_torch && ../$(PY) synthesize.py --config ../egs/quickstart.cfg \
+		--set synthesis.synthesis_mode=reconstruction synthesis.save_target_in_reconstruction=True
+	cd efficient_vdvae_torch && ../$(PY) synthesize.py --config ../egs/quickstart.cfg \
+		--set synthesis.synthesis_mode=generation
+	@echo "Images: efficient_vdvae_torch/logs-quickstart/synthesis-images/; curves: tensorboard --logdir efficient_vdvae_torch/logs-quickstart"
 
 clean-venv:
 	rm -rf $(VENV)
