@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 
 from efficient_vdvae_jax.train_step import TrainState
@@ -58,8 +59,8 @@ class TrainingCheckpoints:
         # stop signal (and the tests) rely on; checkpoints are rare next to train steps.
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False,
                                                enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=(STATE_ITEM, PROGRESS_ITEM))
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            STATE_ITEM: ocp.StandardCheckpointHandler(), PROGRESS_ITEM: ocp.JsonCheckpointHandler()})
 
     def latest(self) -> int | None:
         """The newest complete checkpoint's number, None when there is none."""
@@ -82,6 +83,7 @@ class TrainingCheckpoints:
         checkpoint = self.latest() if checkpoint is None else checkpoint
         if checkpoint is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        self._check_param_shapes(checkpoint, abstract_state)
         try:
             restored = self.manager.restore(checkpoint, args=ocp.args.Composite(**{
                 STATE_ITEM: ocp.args.StandardRestore(abstract_state),
@@ -94,5 +96,33 @@ class TrainingCheckpoints:
                                   f"(does it belong to another model config?): {error}") from error
         return restored[STATE_ITEM], progress
 
+    def _check_param_shapes(self, checkpoint: int, abstract_state: TrainState) -> None:
+        """Name the first parameter whose saved shape differs from the config's (before orbax reads any array)."""
+        where = self.directory / str(checkpoint)
+        try:
+            saved = _shapes_by_name(self.manager.item_metadata(checkpoint)[STATE_ITEM])
+        except Exception as error:  # missing or foreign metadata
+            raise CheckpointError(f"cannot read checkpoint {where}: {error}") from error
+        saved = {name[1:]: shape for name, shape in saved.items() if name[:1] == ("params",)}
+        wanted = _shapes_by_name(abstract_state.params)
+        for name in sorted(saved.keys() | wanted.keys()):
+            if saved.get(name) != wanted.get(name):
+                raise CheckpointError(
+                    f"checkpoint {where} does not fit the model config: parameter {'/'.join(name)} is "
+                    f"{saved.get(name, 'missing')} there and {wanted.get(name, 'missing')} in the config "
+                    "(a run's model settings cannot change; use another run.name)")
+
     def close(self) -> None:
         self.manager.close()
+
+
+def _shapes_by_name(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{path of names: shape} of a pytree of arrays or array metadata."""
+    def name(key) -> str:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
+
+    return {tuple(name(k) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

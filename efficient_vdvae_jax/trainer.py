@@ -34,8 +34,8 @@ from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.autoencoder import num_latent_groups
 from efficient_vdvae_jax.model.losses import _mol_params, is_binarized_mnist, sample_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
-from efficient_vdvae_jax.train_step import (TrainState, create_train_state, data_parallel_mesh, init_params,
-                                            make_train_step, replicate, shard_batch)
+from efficient_vdvae_jax.train_step import (DATA_AXIS, TrainState, create_train_state, init_params, make_train_step,
+                                            replicate, shard_batch)
 from hparams import ConfigError
 from hparams.saved_run import logs_dir
 
@@ -79,6 +79,12 @@ class StopFlag:
 def step_key(seed: int, stream: int, counter: int) -> jax.Array:
     """The PRNG key of batch `counter` of `stream`: reproducible without any saved RNG state."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), counter)
+
+
+def local_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-d data-parallel mesh over this host's first `num_devices` devices (all by default)."""
+    devices = jax.local_devices()
+    return Mesh(np.asarray(devices[:num_devices] if num_devices else devices), (DATA_AXIS,))
 
 
 def check_batch_sizes(hp: Any, num_devices: int) -> None:
@@ -175,7 +181,7 @@ def validate(hp: Any, validation_step: Callable, params: Any, mesh: Mesh
     """Means over the validation images: (scalars, avg KL per group, first batch (x, logits/samples))."""
     totals, first_batch = None, None
     for index, (x, mask) in enumerate(padded_validation_batches(hp, mesh.size)):
-        sharded_mask = jax.device_put(mask.reshape(-1), NamedSharding(mesh, PartitionSpec("data")))
+        sharded_mask = jax.device_put(mask.reshape(-1), NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
         sums, outputs = validation_step(params, step_key(hp.run.seed, VALIDATION_STREAM, index),
                                         shard_batch(mesh, x), sharded_mask)
         sums = np.asarray(sums, np.float64)
@@ -224,7 +230,7 @@ class Trainer:
 
     def __init__(self, hp: Any, root: str | Path = ".", devices: int | None = None):
         self.hp = hp
-        self.mesh = data_parallel_mesh(devices)
+        self.mesh = local_mesh(devices)
         check_batch_sizes(hp, self.mesh.size)
         self.model = UniversalAutoEncoder(hp)
         self.logs = logs_dir(hp.run.name, root)
@@ -320,7 +326,7 @@ class Trainer:
         sums, train_outputs = self.validation_step(
             params, step_key(hp.run.seed, SUMMARY_STREAM, step),
             shard_batch(self.mesh, train_batch),
-            jax.device_put(np.ones(len(train_x), bool), NamedSharding(self.mesh, PartitionSpec("data"))))
+            jax.device_put(np.ones(len(train_x), bool), NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))))
         train_ssim = float(sums[3] / sums[-1])
         print(f"step {step} | train nelbo {float(sums[2] / sums[-1]):.4f} ssim {train_ssim:.4f}"
               f" | val recon {val_scalars['recon_report']:.4f} kl {val_scalars['kl_div']:.4f}"

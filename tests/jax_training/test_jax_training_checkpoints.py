@@ -65,7 +65,9 @@ def test_checkpoint_of_another_model_names_the_folder(run_overrides, tmp_path):
     wide = load_config(REFERENCE_CONFIG, overrides=run_overrides("other", "model.num_output_mixtures=3"))
     checkpoints = TrainingCheckpoints(tmp_path / "checkpoints-other", max_to_keep=1)
     checkpoints.save(_random_state(small, seed=1)[0], TrainingProgress(global_step=1))
-    with pytest.raises(CheckpointError, match="checkpoints-other/1"):
+    with pytest.raises(CheckpointError, match="checkpoints-other/1 does not fit the model config: "
+                                              "parameter top_down/output_conv/bias is \\(20,\\) there and "
+                                              "\\(30,\\) in the config"):
         checkpoints.restore(_random_state(wide, seed=1)[1])
     checkpoints.close()
 
