@@ -13,8 +13,6 @@ global array however it is sharded, so N devices compute the 1-device step.
 from __future__ import annotations
 
 import dataclasses
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,11 +26,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
+from efficient_vdvae_common.training_log import StopFlag, format_train_line, per_group_scalars, train_scalars
 from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.autoencoder import num_latent_groups
-from efficient_vdvae_jax.model.losses import _mol_params, is_binarized_mnist, sample_output
+from efficient_vdvae_jax.model.losses import is_binarized_mnist, mol_params, sample_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.train_step import (DATA_AXIS, TrainState, create_train_state, init_params, make_train_step,
                                             replicate, shard_batch)
@@ -46,34 +45,6 @@ SUMMARY_STREAM = 2  # the reconstruction of the last train batch shown at evalua
 # Per-image validation values, in this order (report units; SSIM in [0, 1]).
 VALIDATION_SCALARS = ("recon_report", "kl_div", "nelbo", "ssim")
 SSIM_WINDOW = 11
-
-
-class StopFlag:
-    """Records SIGTERM/SIGINT so the loop can finish its step, checkpoint and exit 0.
-
-    A second SIGINT (Ctrl-C twice) aborts at once.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then checkpointing.",
-              file=sys.stderr, flush=True)
 
 
 def step_key(seed: int, stream: int, counter: int) -> jax.Array:
@@ -95,33 +66,6 @@ def check_batch_sizes(hp: Any, num_devices: int) -> None:
         if value % num_devices:
             raise ConfigError(f"{key} = {value} is not divisible by the {num_devices} local devices; "
                               "the global batch is split evenly over them")
-
-
-def format_train_line(progress: TrainingProgress, total_steps: int, seconds: float, stats: dict,
-                      num_groups: int) -> str:
-    """The one-line summary printed every train.logging_interval_in_steps (as the PyTorch trainer's)."""
-    return (f"step {progress.global_step}/{total_steps} | {seconds:.3f} s/step"
-            f" | recon {stats['recon_report']:.4f} | kl {stats['kl_div']:.4f} | nelbo {stats['nelbo']:.4f}"
-            f" | beta {stats['beta']:.4g} | active {stats['active_groups']}/{num_groups}"
-            f" | grad_norm {stats['grad_norm']:.4g} | lr {stats['learning_rate']:.3g}"
-            f" | skips {progress.gradient_skip_count}")
-
-
-def per_group_scalars(avg_kl_per_group: Any) -> dict[str, float]:
-    """Average KL of each latent group, bits per latent dimension."""
-    return {f"Latent_KL/group_{g:02d}": float(v) for g, v in enumerate(np.asarray(avg_kl_per_group))}
-
-
-def train_scalars(progress: TrainingProgress, seconds: float, stats: dict) -> dict[str, float]:
-    scalars = {
-        "Losses/reconstruction": stats["recon_report"], "Losses/kl_div": stats["kl_div"],
-        "Losses/nelbo": stats["nelbo"], "Losses/loss": stats["loss"],
-        "Schedules/beta": stats["beta"], "Schedules/learning_rate": stats["learning_rate"],
-        "Stats/active_groups": stats["active_groups"], "Stats/grad_norm": stats["grad_norm"],
-        "Stats/gradient_skip_count": progress.gradient_skip_count, "Stats/seconds_per_step": seconds,
-    }
-    scalars.update(per_group_scalars(stats["avg_kl_per_group"]))
-    return scalars
 
 
 def host_stats(hp: Any, stats: dict) -> dict:
@@ -205,7 +149,7 @@ def log_batch_summaries(hp: Any, writer: TensorBoardWriter, step: int, x: np.nda
     writer.add_histogram("Distributions/target", x, step, bins=20)
     writer.add_histogram("Distributions/output", samples, step, bins=20)
     if not binarized:
-        _, means, log_scales, _, _ = _mol_params(hp, jnp.asarray(outputs["logits"]))
+        _, means, log_scales, _, _ = mol_params(hp, jnp.asarray(outputs["logits"]))
         writer.add_histogram("OutputLayer/means", np.asarray(means), step)
         writer.add_histogram("OutputLayer/log_scales", np.asarray(log_scales), step)
     if params is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
+from efficient_vdvae_common.training_log import StopFlag, format_train_line, per_group_scalars, train_scalars
 from efficient_vdvae_torch.checkpoints import (TrainingProgress, checkpoint_path, load_checkpoint,
                                                remove_stale_temp_files, restore_training_state, save_checkpoint,
                                                training_state)
@@ -39,35 +39,6 @@ from hparams.saved_run import logs_dir
 IMAGES_PER_GRID = 8
 # Validation means aggregated over ranks, in this order (report units; SSIM in [0, 1]).
 VALIDATION_SCALARS = ("recon_report", "kl_div", "nelbo", "ssim")
-
-
-class StopFlag:
-    """Records SIGTERM/SIGINT so the loop can finish its step, checkpoint and exit 0.
-
-    A second SIGINT (Ctrl-C twice) aborts at once.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-
-    def uninstall(self) -> None:
-        """Give the signals back to their previous handlers (e.g. when called from a larger program)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then checkpointing.",
-              file=sys.stderr, flush=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -120,33 +91,6 @@ def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> T
     if hp.run.compile:
         step_model = torch.compile(step_model)
     return TrainingSetup(model, ema_model, step_model, optimizer, lr_schedule, progress, noise)
-
-
-def format_train_line(progress: TrainingProgress, total_steps: int, seconds: float, stats: dict,
-                      num_groups: int) -> str:
-    """The one-line summary printed every train.logging_interval_in_steps."""
-    return (f"step {progress.global_step}/{total_steps} | {seconds:.3f} s/step"
-            f" | recon {stats['recon_report']:.4f} | kl {stats['kl_div']:.4f} | nelbo {stats['nelbo']:.4f}"
-            f" | beta {stats['beta']:.4g} | active {stats['active_groups']}/{num_groups}"
-            f" | grad_norm {stats['grad_norm']:.4g} | lr {stats['learning_rate']:.3g}"
-            f" | skips {progress.gradient_skip_count}")
-
-
-def train_scalars(progress: TrainingProgress, seconds: float, stats: dict) -> dict[str, float]:
-    scalars = {
-        "Losses/reconstruction": stats["recon_report"], "Losses/kl_div": stats["kl_div"],
-        "Losses/nelbo": stats["nelbo"], "Losses/loss": stats["loss"],
-        "Schedules/beta": stats["beta"], "Schedules/learning_rate": stats["learning_rate"],
-        "Stats/active_groups": stats["active_groups"], "Stats/grad_norm": stats["grad_norm"],
-        "Stats/gradient_skip_count": progress.gradient_skip_count, "Stats/seconds_per_step": seconds,
-    }
-    scalars.update(per_group_scalars(stats["avg_kl_per_group"]))
-    return scalars
-
-
-def per_group_scalars(avg_kl_per_group: Any) -> dict[str, float]:
-    """Average KL of each latent group, bits per latent dimension."""
-    return {f"Latent_KL/group_{g:02d}": float(v) for g, v in enumerate(np.asarray(avg_kl_per_group))}
 
 
 def batch_ssim(hp: Any, targets: torch.Tensor, outputs: torch.Tensor) -> float:

@@ -15,8 +15,6 @@ import functools
 import os
 
 import numpy as np
-import tensorflow_datasets as tfds
-from tensorflow_datasets.core import hashing
 
 from efficient_vdvae_common.data import DataError, OfficialImages
 
@@ -49,6 +47,8 @@ def official_order(name: str, split: str, records: list[dict]) -> np.ndarray:
         return np.argsort([int(i.rsplit("_", 1)[1]) for i in ids], kind="stable")
     # Stored position p holds the example whose key has the p-th smallest hash,
     # the hash being salted with the split's name.
+    from tensorflow_datasets.core import hashing  # imported here: tfds pulls in TensorFlow when present
+
     hasher = hashing.Hasher(split)
     keys_in_stored_order = np.argsort([hasher.hash_key(k) for k in range(len(records))], kind="stable")
     order = np.empty(len(records), dtype=np.int64)
@@ -59,6 +59,10 @@ def official_order(name: str, split: str, records: list[dict]) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def load_official_images(name: str, data_dir: str, download: bool) -> OfficialImages:
     """The official train and test images (uint8, NHWC, official file order)."""
+    # Imported here: tfds pulls in TensorFlow when present, seconds that runs on
+    # custom or ImageNet data should not pay.
+    import tensorflow_datasets as tfds
+
     builder = tfds.builder(name, data_dir=tfds_data_dir(data_dir), file_format="array_record")
     if not builder.is_prepared():
         _prepare(builder, name, download)

@@ -50,7 +50,7 @@ def image_dims(hp: Any) -> int:
     return hp.data.target_res * hp.data.target_res * hp.data.channels
 
 
-def _mol_params(hp: Any, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+def mol_params(hp: Any, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Split logits (B, H, W, M(3C+1)) into mixture logits (B,H,W,M) and, each (B,H,W,M,C),
     means, log scales, inverse scales and tanh'd coefficients."""
     m, c = hp.model.num_output_mixtures, hp.data.channels
@@ -84,7 +84,7 @@ def mol_nll(hp: Any, targets: jax.Array, logits: jax.Array) -> jax.Array:
     """Per-pixel negative log-likelihood (B, H, W) of a discretized mixture of logistics."""
     min_pix, max_pix = pixel_range(hp)
     n_classes = 2.0 ** hp.data.num_bits - 1.0
-    mixture_logits, means, log_scales, inv_scales, coefs = _mol_params(hp, logits)
+    mixture_logits, means, log_scales, inv_scales, coefs = mol_params(hp, logits)
     t = targets[..., None, :]  # B, H, W, 1, C
     centered = t - _autoregressive_means(means, coefs, t)
     plus = inv_scales * (centered + 1.0 / n_classes)
@@ -161,7 +161,7 @@ def sample_from_mol(hp: Any, rng: jax.Array, logits: jax.Array,
     if output_temperature is None:
         output_temperature = hp.synthesis.output_temperature
     min_pix, max_pix = pixel_range(hp)
-    mixture_logits, means, log_scales, inv_scales, coefs = _mol_params(hp, logits)
+    mixture_logits, means, log_scales, inv_scales, coefs = mol_params(hp, logits)
     scales = 1.0 / inv_scales
     choice_rng, logistic_rng = jax.random.split(rng)
     u = jax.random.uniform(choice_rng, mixture_logits.shape, minval=1e-5, maxval=1.0 - 1e-5)
