@@ -1,4 +1,18 @@
-"""Convert weights between PyTorch state_dicts (original key naming) and flax params (SPEC.md section 10).
+"""Convert training checkpoints between the PyTorch and JAX implementations (SPEC.md section 10).
+
+    python efficient_vdvae_jax/convert_checkpoint.py to-jax checkpoints-NAME jax/checkpoints-NAME --config CFG
+    python efficient_vdvae_jax/convert_checkpoint.py to-torch jax/checkpoints-NAME checkpoints-NAME --config CFG
+
+`to-jax` reads a PyTorch checkpoint file (ours or the original code's) and
+writes a JAX run's checkpoint folder with efficient_vdvae_jax/checkpoints.py,
+so that efficient_vdvae_jax/train.py resumes from it; `to-torch` reads the
+latest (or `--step N`) checkpoint of such a folder and writes the single file
+that efficient_vdvae_torch/train.py resumes from and synthesize.py loads.
+Both ways carry the weights, the EMA weights, the optimiser moments (Adamax
+m, u; Adam/RAdam m, v: same definitions in torch and optax, so they convert
+exactly like the weights), the update and skip counters and the data
+position; the learning-rate schedule is set at the step. A bad source,
+destination or model config exits 2 with one line naming it.
 
 Our flax tree mirrors the PyTorch keys: a key's numeric parts are glued to the
 name before them (`levels_down.2.0` <-> `levels_down_2_0`, `convs.1` <->
@@ -6,22 +20,15 @@ name before them (`levels_down.2.0` <-> `levels_down_2_0`, `convs.1` <->
 conv kernels (out, in, kh, kw) <-> (kh, kw, in, out); `trainable_h` and
 `scale_bias` NCHW <-> NHWC; the output conv's MoL channels (C, 3M) <-> (3M, C)
 (SPEC.md section 5).
-
-Checkpoint files, both ways (weights, EMA weights, step and skip count; the
-optimiser moments stay behind, a converted run resumes with fresh ones):
-
-    python efficient_vdvae_jax/convert_checkpoint.py to-jax checkpoints-NAME jax_weights.npz --config CFG
-    python efficient_vdvae_jax/convert_checkpoint.py to-torch jax_weights.npz checkpoints-NAME --config CFG
-
-A JAX checkpoint here is an `.npz` of flat `params/...`, `ema_params/...`,
-`step` and `skipped_updates` arrays: it loads without executing code.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import re
+import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,6 +42,28 @@ from efficient_vdvae_jax.model.autoencoder import output_channels  # noqa: E402
 _NUMBERED_NAME = re.compile(r"^(.*?)((?:_\d+)+)$")
 _NHWC_PARAMS = ("trainable_h", "scale_bias")
 OUTPUT_CONV = ("top_down", "output_conv")
+EXIT_CONVERSION_ERROR = 2
+
+
+class ConversionError(ValueError):
+    """A source, destination or config that cannot be converted, named in the message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Converted:
+    """What a conversion wrote: the checkpoint, its counters and data position, the optimiser's update count."""
+    path: Path
+    global_step: int
+    gradient_skip_count: int
+    data_epoch: int
+    data_batch: int
+    optimizer_count: int  # 0: fresh optimiser moments
+
+    def summary(self) -> str:
+        moments = (f"optimizer moments at update {self.optimizer_count}" if self.optimizer_count
+                   else "fresh optimizer moments (none in the source)")
+        return (f"wrote {self.path}: step {self.global_step}, {self.gradient_skip_count} skipped updates, "
+                f"data epoch {self.data_epoch} batch {self.data_batch}, {moments}")
 
 
 def torch_key_to_flax_path(key: str) -> tuple[str, ...]:
@@ -122,7 +151,7 @@ def torch_state_dict_to_flax_params(hp: Any, state_dict: Mapping[str, Any]) -> d
             array = array.transpose(0, 2, 3, 1)
         if path[:-1] == OUTPUT_CONV and perm is not None:
             array = array[..., perm]
-        _set_nested(params, path, np.ascontiguousarray(array))
+        _set_nested(params, path, np.array(array, order="C"))  # a copy: never aliases a live tensor
     return params
 
 
@@ -142,101 +171,251 @@ def flax_params_to_torch_state_dict(hp: Any, params: Mapping) -> dict[str, np.nd
             array = array.transpose(3, 2, 0, 1)
         elif path[-1] in _NHWC_PARAMS:
             array = array.transpose(0, 3, 1, 2)
-        state_dict[flax_path_to_torch_key(path)] = np.ascontiguousarray(array)
+        state_dict[flax_path_to_torch_key(path)] = np.array(array, order="C")
     return state_dict
 
 
-def save_jax_checkpoint(path: str | Path, params: Mapping, ema_params: Mapping, step: int,
-                        skipped_updates: int = 0) -> None:
-    """Write the weights, EMA weights and counters to one `.npz` file (atomically)."""
-    arrays = {"step": np.asarray(step, np.int64), "skipped_updates": np.asarray(skipped_updates, np.int64)}
-    for prefix, tree in (("params", params), ("ema_params", ema_params)):
-        arrays.update({"/".join((prefix,) + p): np.asarray(v) for p, v in _flatten(tree).items()})
-    path = Path(path)
-    temp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(temp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(temp, path)
+def _shape_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
+    """'parameter K is S there and W in the model config' for the first differing entry, else None."""
+    for key in list(wanted) + [k for k in saved if k not in wanted]:
+        saved_shape = tuple(saved[key].shape) if key in saved else "missing"
+        wanted_shape = tuple(wanted[key].shape) if key in wanted else "missing"
+        if saved_shape != wanted_shape:
+            return f"parameter {key} is {saved_shape} there and {wanted_shape} in the model config"
+    return None
 
 
-def load_jax_checkpoint(path: str | Path) -> dict[str, Any]:
-    """{'params', 'ema_params', 'step', 'skipped_updates'} from `save_jax_checkpoint`'s file."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read JAX checkpoint {path}: {error}") from error
-    missing = {"step", "skipped_updates"} - arrays.keys()
-    if missing:
-        raise ValueError(f"JAX checkpoint {path} lacks {sorted(missing)}")
-    trees: dict[str, dict] = {"params": {}, "ema_params": {}}
-    for key, value in arrays.items():
-        prefix, _, rest = key.partition("/")
-        if prefix in trees:
-            _set_nested(trees[prefix], tuple(rest.split("/")), value)
-    return dict(trees, step=int(arrays["step"]), skipped_updates=int(arrays["skipped_updates"]))
+# ---- Optimiser moments: one torch state per parameter <-> one optax ScaleByAdamState for the tree.
 
-
-def torch_checkpoint_to_jax(hp: Any, source: str | Path, destination: str | Path) -> None:
-    """Our (or the original's) PyTorch checkpoint file -> a JAX checkpoint file."""
-    # torch only for this direction of file conversion: the array converters above need no torch.
-    from efficient_vdvae_torch.checkpoints import is_original_checkpoint, load_checkpoint
-
-    state = load_checkpoint(source)
-    if state is None:
-        raise ValueError(f"no PyTorch checkpoint at {source}")
-    # The original saved the index of its last step: step k means k + 1 updates ran.
-    step = int(state["global_step"]) + (1 if is_original_checkpoint(state) else 0)
-    save_jax_checkpoint(destination,
-                        torch_state_dict_to_flax_params(hp, state["model_state_dict"]),
-                        torch_state_dict_to_flax_params(hp, state["ema_model_state_dict"]),
-                        step=step, skipped_updates=int(state.get("gradient_skip_count", 0)))
-
-
-def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path) -> None:
-    """A JAX checkpoint file -> our PyTorch checkpoint file (fresh optimiser moments, LR schedule at the step)."""
+def _second_moment_key(optimizer: Any) -> str:
+    """torch's name of the second moment: the infinity norm for Adamax, the squared-gradient EMA otherwise."""
     import torch
 
-    from efficient_vdvae_torch.checkpoints import TrainingProgress, save_checkpoint, training_state
+    return "exp_inf" if isinstance(optimizer, torch.optim.Adamax) else "exp_avg_sq"
+
+
+def torch_optimizer_moments(hp: Any, model: Any, optimizer: Any) -> tuple[int, dict, dict]:
+    """(update count, first moments, second moments) of a torch Adam-family optimiser as flax trees.
+
+    A fresh optimiser (no state yet) gives count 0 and zero moments, like optax's init.
+    """
+    second_key = _second_moment_key(optimizer)
+    first, second, counts = {}, {}, set()
+    for name, parameter in model.named_parameters():
+        state = optimizer.state.get(parameter)
+        if not state:
+            zeros = np.zeros(tuple(parameter.shape), np.float32)
+            first[name], second[name] = zeros, zeros
+            continue
+        if "exp_avg" not in state or second_key not in state:
+            raise ConversionError(f"the optimizer state of {name} holds {sorted(state)}; optimizer.type = "
+                                  f"{hp.optimizer.type!r} keeps 'exp_avg' and {second_key!r}")
+        first[name], second[name] = state["exp_avg"], state[second_key]
+        counts.add(int(state["step"]))
+    if len(counts) > 1:
+        raise ConversionError(f"the optimizer's parameters have different step counts {sorted(counts)}; "
+                              "optax keeps one count for all")
+    count = counts.pop() if counts else 0
+    return count, torch_state_dict_to_flax_params(hp, first), torch_state_dict_to_flax_params(hp, second)
+
+
+def _adam_state(opt_state: tuple) -> Any:
+    import optax
+
+    for state in opt_state:
+        if isinstance(state, optax.ScaleByAdamState):
+            return state
+    raise ConversionError(f"no Adam-family state in the optax state {[type(s).__name__ for s in opt_state]}")
+
+
+def with_moments(opt_state: tuple, count: int, mu: Any, nu: Any, schedule_count: int) -> tuple:
+    """`opt_state` (an optax chain's state) with the Adam-family moments and the LR schedule's count replaced."""
+    import jax.numpy as jnp
+    import optax
+
+    def replace(state: Any) -> Any:
+        if isinstance(state, optax.ScaleByAdamState):
+            return state._replace(count=jnp.asarray(count, state.count.dtype),
+                                  mu=_as_jax_tree(mu), nu=_as_jax_tree(nu))
+        if isinstance(state, optax.ScaleByScheduleState):
+            return state._replace(count=jnp.asarray(schedule_count, state.count.dtype))
+        return state
+
+    _adam_state(opt_state)  # fails clearly when the chain has none
+    return tuple(replace(state) for state in opt_state)
+
+
+def _as_jax_tree(tree: Any) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(jnp.asarray, tree)
+
+
+# ---- Files.
+
+def _check_destination(source: Path, destination: Path, force: bool, is_folder: bool) -> None:
+    """Refuse to overwrite without --force, to overwrite the source, or to delete an unrelated folder."""
+    if source.resolve() == destination.resolve():
+        raise ConversionError(f"destination {destination} is the source")
+    if not destination.exists():
+        return
+    if not force:
+        raise ConversionError(f"destination {destination} exists (--force replaces it)")
+    if destination.is_dir() and not is_folder:
+        raise ConversionError(f"destination {destination} is a folder; to-torch writes a checkpoint file")
+    if destination.is_dir():
+        foreign = [p.name for p in destination.iterdir() if not re.match(r"^\d+(\.orbax-checkpoint-tmp.*)?$", p.name)]
+        if foreign:
+            raise ConversionError(f"destination {destination} holds {foreign[0]!r}, which is not a JAX checkpoint: "
+                                  "not replacing it even with --force")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _torch_training_objects(hp: Any) -> tuple[Any, Any, Any, Any]:
+    """(model, ema_model, optimizer, lr_schedule) as efficient_vdvae_torch/train.py builds them."""
     from efficient_vdvae_torch.model import UniversalAutoEncoder as TorchAutoEncoder
     from efficient_vdvae_torch.model.optimizers import build_optimizer as build_torch_optimizer
     from efficient_vdvae_torch.model.schedules import build_lr_schedule as build_torch_lr_schedule
 
-    checkpoint = load_jax_checkpoint(source)
-
-    def torch_model(params: Mapping) -> torch.nn.Module:
-        model = TorchAutoEncoder(hp)
-        state_dict = flax_params_to_torch_state_dict(hp, params)
-        model.load_state_dict({k: torch.tensor(v) for k, v in state_dict.items()}, strict=True)
-        return model
-
-    model, ema_model = torch_model(checkpoint["params"]), torch_model(checkpoint["ema_params"])
+    model, ema_model = TorchAutoEncoder(hp), TorchAutoEncoder(hp)
     optimizer = build_torch_optimizer(hp, model)
-    scheduler = build_torch_lr_schedule(hp, optimizer)
-    scheduler.last_epoch = checkpoint["step"]
-    for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base_lr * factor(checkpoint["step"])
-    progress = TrainingProgress(global_step=checkpoint["step"],
-                                gradient_skip_count=checkpoint["skipped_updates"])
-    save_checkpoint(training_state(progress, model, ema_model, optimizer, scheduler), destination)
+    return model, ema_model, optimizer, build_torch_lr_schedule(hp, optimizer)
+
+
+def torch_checkpoint_to_jax(hp: Any, source: str | Path, destination: str | Path, force: bool = False
+                            ) -> Converted:
+    """A PyTorch checkpoint file (ours or the original's) -> a new JAX checkpoint folder; returns the checkpoint."""
+    import jax.numpy as jnp
+
+    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
+    from efficient_vdvae_jax.checkpoints import TrainingProgress as JaxProgress
+    from efficient_vdvae_jax.model.optimizers import build_optimizer as build_jax_optimizer
+    from efficient_vdvae_jax.train_step import TrainState
+    from efficient_vdvae_torch.checkpoints import load_checkpoint, restore_training_state
+
+    source, destination = Path(source), Path(destination)
+    state = load_checkpoint(source)
+    if state is None:
+        raise ConversionError(f"no PyTorch checkpoint at {source}")
+    _check_destination(source, destination, force, is_folder=True)
+    model, ema_model, optimizer, lr_schedule = _torch_training_objects(hp)
+    for key in ("model_state_dict", "ema_model_state_dict"):
+        mismatch = _shape_mismatch(state[key], model.state_dict())
+        if mismatch:
+            raise ConversionError(f"checkpoint {source} ({key}) does not fit the config: {mismatch}")
+    progress = restore_training_state(state, model, ema_model, optimizer, lr_schedule)
+
+    params = _as_jax_tree(torch_state_dict_to_flax_params(hp, model.state_dict()))
+    count, mu, nu = torch_optimizer_moments(hp, model, optimizer)
+    opt_state = with_moments(build_jax_optimizer(hp).init(params), count, mu, nu, progress.global_step)
+    train_state = TrainState(step=jnp.asarray(progress.global_step, jnp.int32), params=params,
+                             ema_params=_as_jax_tree(torch_state_dict_to_flax_params(hp, ema_model.state_dict())),
+                             opt_state=opt_state,
+                             skipped_updates=jnp.asarray(progress.gradient_skip_count, jnp.int32))
+    _remove(destination)
+    checkpoints = TrainingCheckpoints(destination, hp.run.max_allowed_checkpoints)
+    try:
+        jax_progress = JaxProgress(**dataclasses.asdict(progress))
+        checkpoints.save(train_state, jax_progress)
+    finally:
+        checkpoints.close()
+    return Converted(checkpoints.directory / str(jax_progress.consumed_batches), optimizer_count=count,
+                     **dataclasses.asdict(progress))
+
+
+def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path, step: int | None = None,
+                            force: bool = False) -> Converted:
+    """A JAX checkpoint folder's latest (or `step`) checkpoint -> a PyTorch checkpoint file."""
+    import jax
+    import torch
+
+    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
+    from efficient_vdvae_jax.model import UniversalAutoEncoder
+    from efficient_vdvae_jax.trainer import abstract_train_state
+    from efficient_vdvae_torch.checkpoints import TrainingProgress as TorchProgress
+    from efficient_vdvae_torch.checkpoints import save_checkpoint, training_state
+
+    source, destination = Path(source), Path(destination)
+    if not source.is_dir():
+        raise ConversionError(f"{source} is not a JAX checkpoint folder"
+                              + (" (a PyTorch checkpoint file? use to-jax)" if source.is_file() else ""))
+    _check_destination(source, destination, force, is_folder=False)
+    checkpoints = TrainingCheckpoints(source, hp.run.max_allowed_checkpoints)
+    try:
+        available = checkpoints.manager.all_steps() if checkpoints.latest() is not None else []
+        if not available:
+            raise ConversionError(f"no checkpoint in {source}")
+        if step is not None and step not in available:
+            raise ConversionError(f"no checkpoint {source / str(step)}; there are {sorted(available)}")
+        abstract = abstract_train_state(hp, UniversalAutoEncoder(hp),
+                                        jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+        train_state, progress = checkpoints.restore(abstract, step)
+    finally:
+        checkpoints.close()
+    train_state = jax.device_get(train_state)
+
+    model, ema_model, optimizer, lr_schedule = _torch_training_objects(hp)
+    for target, params in ((model, train_state.params), (ema_model, train_state.ema_params)):
+        target.load_state_dict({k: torch.tensor(v) for k, v in flax_params_to_torch_state_dict(hp, params).items()})
+    adam = _adam_state(train_state.opt_state)
+    first = flax_params_to_torch_state_dict(hp, adam.mu)
+    second = flax_params_to_torch_state_dict(hp, adam.nu)
+    second_key = _second_moment_key(optimizer)
+    for name, parameter in model.named_parameters():
+        # Zero moments are torch's "no state yet" (a fresh optimiser, or a parameter torch never gave a grad).
+        if int(adam.count) and (first[name].any() or second[name].any()):
+            optimizer.state[parameter] = {"step": torch.tensor(float(adam.count)),
+                                          "exp_avg": torch.tensor(first[name]),
+                                          second_key: torch.tensor(second[name])}
+    # The torch schedule steps once per applied update: put it (and the groups' lr) at the restored step.
+    lr_schedule.last_epoch = progress.global_step - 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step", category=UserWarning)
+        lr_schedule.step()
+    counters = dataclasses.asdict(progress)  # the same four fields in both implementations
+    save_checkpoint(training_state(TorchProgress(**counters), model, ema_model, optimizer, lr_schedule), destination)
+    return Converted(destination, optimizer_count=int(adam.count), **counters)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from efficient_vdvae_jax.checkpoints import CheckpointError as JaxCheckpointError
+    from efficient_vdvae_torch.checkpoints import CheckpointError as TorchCheckpointError
     from hparams.cli import add_config_arguments, load_config_or_exit
 
-    parser = argparse.ArgumentParser(description="Convert checkpoints between the PyTorch and JAX implementations.")
+    parser = argparse.ArgumentParser(
+        description="Convert training checkpoints between the PyTorch and JAX implementations: weights, EMA "
+                    "weights, Adamax/Adam/RAdam moments, update and skip counters, data position. The converted "
+                    "run resumes with train.py of the other implementation.",
+        epilog="to-jax SRC DST: SRC a PyTorch checkpoint file (checkpoints-<name>), DST a new JAX checkpoint "
+               "folder. to-torch SRC DST: SRC a JAX checkpoint folder, DST a new PyTorch checkpoint file. "
+               "The config must describe the model that wrote SRC.")
     add_config_arguments(parser)
     parser.add_argument("direction", choices=("to-jax", "to-torch"))
-    parser.add_argument("source")
-    parser.add_argument("destination")
+    parser.add_argument("source", type=Path, metavar="SRC", help="the checkpoint to read")
+    parser.add_argument("destination", type=Path, metavar="DST", help="the checkpoint to write")
+    parser.add_argument("--step", type=int, default=None,
+                        help="to-torch: convert checkpoint SRC/STEP instead of the latest")
+    parser.add_argument("--force", action="store_true", help="replace an existing DST")
     args = parser.parse_args(argv)
+    if args.step is not None and args.direction != "to-torch":
+        parser.error("--step applies to to-torch only")
     hp = load_config_or_exit(args, save=False)
-    convert = torch_checkpoint_to_jax if args.direction == "to-jax" else jax_checkpoint_to_torch
     try:
-        convert(hp, args.source, args.destination)
-    except (ValueError, KeyError) as error:
-        raise SystemExit(f"convert_checkpoint: {error}") from None
-    print(f"wrote {args.destination}")
+        if args.direction == "to-jax":
+            converted = torch_checkpoint_to_jax(hp, args.source, args.destination, force=args.force)
+        else:
+            converted = jax_checkpoint_to_torch(hp, args.source, args.destination, step=args.step, force=args.force)
+    except (ConversionError, JaxCheckpointError, TorchCheckpointError) as error:
+        print(f"convert_checkpoint: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CONVERSION_ERROR) from None
+    print(converted.summary())
 
 
 if __name__ == "__main__":

@@ -1,21 +1,34 @@
-"""Checkpoint conversion: key mapping, the MoL channel layouts, and files both ways."""
+"""Checkpoint conversion: key mapping, the MoL channel layouts, and training checkpoints both ways."""
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
-from efficient_vdvae_jax.convert_checkpoint import (flax_path_to_torch_key, jax_checkpoint_to_torch,
-                                                    load_jax_checkpoint, main, mol_channel_permutation,
-                                                    save_jax_checkpoint, torch_key_to_flax_path,
-                                                    torch_state_dict_to_flax_params)
+from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
+from efficient_vdvae_jax.convert_checkpoint import (flax_path_to_torch_key, main, mol_channel_permutation,
+                                                    torch_key_to_flax_path, torch_state_dict_to_flax_params)
+from efficient_vdvae_jax.model import UniversalAutoEncoder
+from efficient_vdvae_jax.model.optimizers import build_optimizer as build_jax_optimizer
+from efficient_vdvae_jax.trainer import abstract_train_state
 from efficient_vdvae_torch.checkpoints import (TrainingProgress, load_checkpoint, restore_training_state,
                                                save_checkpoint, training_state)
 from efficient_vdvae_torch.model import UniversalAutoEncoder as TorchAutoEncoder
 from efficient_vdvae_torch.model.optimizers import build_optimizer
 from efficient_vdvae_torch.model.schedules import build_lr_schedule
-from tests.conftest import REFERENCE_CONFIG
-from tests.jax.helpers import TINY_OVERRIDES, load_reference_config
+from tests.conftest import REFERENCE_CONFIG, REPO_ROOT
+from tests.jax.helpers import TINY_OVERRIDES, load_reference_config, make_forward, max_relative_error, nchw_to_nhwc
+
+SCRIPT = REPO_ROOT / "efficient_vdvae_jax" / "convert_checkpoint.py"
+PROGRESS = TrainingProgress(global_step=2, gradient_skip_count=3, data_epoch=1, data_batch=4)
+SECOND_MOMENT = {"Adamax": "exp_inf", "Adam": "exp_avg_sq", "RAdam": "exp_avg_sq"}
 
 
 def test_key_mapping_examples_and_inverse(reference_weights):
@@ -48,51 +61,202 @@ def test_binarized_mnist_output_is_not_permuted():
     assert mol_channel_permutation(hp) is None
 
 
-def test_jax_checkpoint_file_round_trip(tmp_path, reference_hp, reference_weights):
-    params = torch_state_dict_to_flax_params(reference_hp, reference_weights)
-    ema = {"top_down": {"trainable_h": np.ones((1, 2, 2, 32), np.float32)}}
-    save_jax_checkpoint(tmp_path / "ckpt.npz", params, ema, step=7, skipped_updates=2)
-    loaded = load_jax_checkpoint(tmp_path / "ckpt.npz")
-    assert loaded["step"] == 7 and loaded["skipped_updates"] == 2
-    np.testing.assert_array_equal(loaded["ema_params"]["top_down"]["trainable_h"], ema["top_down"]["trainable_h"])
-    np.testing.assert_array_equal(loaded["params"]["top_down"]["output_conv"]["kernel"],
-                                  params["top_down"]["output_conv"]["kernel"])
+# ---- Training checkpoints.
+
+class TorchRun:
+    """A tiny torch run after two optimiser steps on random gradients, saved by efficient_vdvae_torch/checkpoints.py."""
+
+    def __init__(self, path, *overrides: str):
+        self.overrides = TINY_OVERRIDES + overrides
+        self.hp = hp = load_reference_config(*self.overrides)
+        torch.manual_seed(0)
+        self.model, self.ema_model = TorchAutoEncoder(hp), TorchAutoEncoder(hp)
+        self.optimizer = build_optimizer(hp, self.model)
+        self.lr_schedule = build_lr_schedule(hp, self.optimizer)
+        with torch.no_grad():  # EMA unlike the weights, so that swapping them would show
+            for p in self.ema_model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        # Like the real model, one parameter never gets a gradient (hence no optimiser state).
+        self.no_grad_name = next(iter(dict(self.model.named_parameters())))
+        for _ in range(PROGRESS.global_step):
+            self.take_step()
+        self.path = path
+        save_checkpoint(training_state(PROGRESS, self.model, self.ema_model, self.optimizer, self.lr_schedule), path)
+        self.state = load_checkpoint(path)
+
+    def random_grads(self) -> dict[str, torch.Tensor]:
+        return {name: torch.randn_like(p) for name, p in self.model.named_parameters() if name != self.no_grad_name}
+
+    def take_step(self, grads: dict[str, torch.Tensor] | None = None) -> None:
+        grads = grads or self.random_grads()
+        for name, p in self.model.named_parameters():
+            p.grad = grads.get(name)
+        self.optimizer.step()
+        self.lr_schedule.step()
+
+    def cli(self, *args: str) -> list[str]:
+        return [*args, "--config", str(REFERENCE_CONFIG), "--set", "train.batch_size=4", *self.overrides]
 
 
-def test_unreadable_jax_checkpoint_names_the_file(tmp_path):
-    bad = tmp_path / "bad.npz"
-    bad.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="bad.npz"):
-        load_jax_checkpoint(bad)
+def restore_jax(hp, folder):
+    checkpoints = TrainingCheckpoints(folder, max_to_keep=1)
+    try:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return checkpoints.restore(abstract_train_state(hp, UniversalAutoEncoder(hp), sharding))
+    finally:
+        checkpoints.close()
 
 
-def test_torch_checkpoint_to_jax_and_back_via_the_cli(tmp_path):
-    overrides = TINY_OVERRIDES
-    hp = load_reference_config(*overrides)
-    torch.manual_seed(0)
-    model, ema_model = TorchAutoEncoder(hp), TorchAutoEncoder(hp)
-    optimizer = build_optimizer(hp, model)
-    scheduler = build_lr_schedule(hp, optimizer)
-    progress = TrainingProgress(global_step=150, gradient_skip_count=3)
-    save_checkpoint(training_state(progress, model, ema_model, optimizer, scheduler), tmp_path / "checkpoints-a")
+def flat(tree) -> dict[tuple[str, ...], np.ndarray]:
+    """{('top_down', ..., 'kernel'): array} of a nested dict of arrays."""
+    return {tuple(key.key for key in path): np.asarray(value)
+            for path, value in jax.tree_util.tree_leaves_with_path(tree)}
 
-    cli = ["--config", str(REFERENCE_CONFIG), "--set", *("train.batch_size=4",) + overrides]
-    main(["to-jax", str(tmp_path / "checkpoints-a"), str(tmp_path / "jax.npz")] + cli)
-    converted = load_jax_checkpoint(tmp_path / "jax.npz")
-    assert converted["step"] == 150 and converted["skipped_updates"] == 3
-    expected_ema = torch_state_dict_to_flax_params(hp, ema_model.state_dict())
-    np.testing.assert_array_equal(converted["ema_params"]["top_down"]["output_conv"]["kernel"],
-                                  expected_ema["top_down"]["output_conv"]["kernel"])
 
-    main(["to-torch", str(tmp_path / "jax.npz"), str(tmp_path / "checkpoints-b")] + cli)
-    restored, restored_ema = TorchAutoEncoder(hp), TorchAutoEncoder(hp)
-    new_optimizer = build_optimizer(hp, restored)
-    new_scheduler = build_lr_schedule(hp, new_optimizer)
-    back = restore_training_state(load_checkpoint(tmp_path / "checkpoints-b"), restored, restored_ema,
-                                  new_optimizer, new_scheduler)
-    assert back.global_step == 150 and back.gradient_skip_count == 3
-    for (key, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
-        assert torch.equal(a, b), key
-    for (key, a), b in zip(ema_model.state_dict().items(), restored_ema.state_dict().values()):
-        assert torch.equal(a, b), key
-    assert new_optimizer.param_groups[0]["lr"] == pytest.approx(scheduler.lr_lambdas[0](150) * hp.optimizer.learning_rate)
+def assert_trees_equal(actual, expected):
+    flat_actual, flat_expected = flat(actual), flat(expected)
+    assert flat_actual.keys() == flat_expected.keys()
+    for path, value in flat_expected.items():
+        np.testing.assert_array_equal(flat_actual[path], value, err_msg=str(path))
+
+
+@pytest.fixture(scope="module")
+def adamax_run(tmp_path_factory):
+    """The Adamax run, converted to JAX: (run, JAX checkpoint folder)."""
+    run = TorchRun(tmp_path_factory.mktemp("adamax") / "checkpoints-torch")
+    folder = run.path.parent / "checkpoints-jax"
+    main(run.cli("to-jax", str(run.path), str(folder)))
+    return run, folder
+
+
+def test_to_jax_writes_a_train_state_the_jax_trainer_restores(adamax_run):
+    run, folder = adamax_run
+    state, progress = restore_jax(run.hp, folder)
+    assert [p.name for p in folder.iterdir()] == [str(PROGRESS.global_step + PROGRESS.gradient_skip_count)]
+    assert dataclasses.asdict(progress) == dataclasses.asdict(PROGRESS)
+    assert int(state.step) == 2 and int(state.skipped_updates) == 3
+    assert_trees_equal(state.params, torch_state_dict_to_flax_params(run.hp, run.model.state_dict()))
+    assert_trees_equal(state.ema_params, torch_state_dict_to_flax_params(run.hp, run.ema_model.state_dict()))
+
+    adam, _, schedule = state.opt_state
+    assert int(adam.count) == 2 and int(schedule.count) == 2
+    parameters = dict(run.model.named_parameters())
+    for moment, key in (("mu", "exp_avg"), ("nu", "exp_inf")):
+        expected = {name: run.optimizer.state[p][key] if name != run.no_grad_name else torch.zeros_like(p)
+                    for name, p in parameters.items()}
+        assert_trees_equal(getattr(adam, moment), torch_state_dict_to_flax_params(run.hp, expected))
+
+
+def test_to_torch_gives_back_the_original_checkpoint_bit_exact(adamax_run):
+    run, folder = adamax_run
+    back_path = folder.parent / "checkpoints-back"
+    main(run.cli("to-torch", str(folder), str(back_path)))
+    back, original = load_checkpoint(back_path), run.state
+    for key in ("global_step", "gradient_skip_count", "data_epoch", "data_batch"):
+        assert back[key] == original[key], key
+    for key in ("model_state_dict", "ema_model_state_dict"):
+        assert back[key].keys() == original[key].keys()
+        for name, value in original[key].items():
+            assert torch.equal(back[key][name], value), (key, name)
+    back_opt, original_opt = back["optimizer_state_dict"], original["optimizer_state_dict"]
+    assert back_opt["param_groups"] == original_opt["param_groups"]  # includes the learning rates at step 2
+    assert back_opt["state"].keys() == original_opt["state"].keys()
+    for index, entries in original_opt["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(back_opt["state"][index][name], value), (index, name)
+    for key in ("last_epoch", "_last_lr", "base_lrs"):
+        assert back["scheduler_state_dict"][key] == original["scheduler_state_dict"][key], key
+
+    # The PyTorch trainer's loader accepts it.
+    model, ema_model = TorchAutoEncoder(run.hp), TorchAutoEncoder(run.hp)
+    optimizer = build_optimizer(run.hp, model)
+    progress = restore_training_state(back, model, ema_model, optimizer, build_lr_schedule(run.hp, optimizer))
+    assert progress == PROGRESS
+
+
+@pytest.mark.parametrize("optimizer_type", ["Adamax", "Adam", "RAdam"])
+def test_converted_moments_give_the_same_next_update(tmp_path, optimizer_type):
+    """One more step with the same gradient in torch and in optax (weight decay on) lands on the same weights."""
+    # A large learning rate: updates well above the float32 rounding of the weights.
+    run = TorchRun(tmp_path / "checkpoints-torch", f"optimizer.type='{optimizer_type}'",
+                   "optimizer.learning_rate=0.05", "optimizer.warmup_steps=0")
+    main(run.cli("to-jax", str(run.path), str(tmp_path / "checkpoints-jax")))
+    state, _ = restore_jax(run.hp, tmp_path / "checkpoints-jax")
+
+    grads = run.random_grads()
+    jax_grads = torch_state_dict_to_flax_params(run.hp, {
+        name: grads.get(name, torch.zeros_like(p)) for name, p in run.model.named_parameters()})
+    updates, _ = build_jax_optimizer(run.hp).update(jax.tree.map(jnp.asarray, jax_grads), state.opt_state,
+                                                    state.params)
+    jax_params = optax.apply_updates(state.params, updates)
+    before = flat(torch_state_dict_to_flax_params(run.hp, run.model.state_dict()))
+    run.take_step(grads)
+    expected = flat(torch_state_dict_to_flax_params(run.hp, run.model.state_dict()))
+    got = flat(jax_params)
+    for path, value in expected.items():
+        if path == torch_key_to_flax_path(run.no_grad_name):
+            continue  # no gradient: torch leaves it alone, optax may still decay it
+        assert max_relative_error(np.asarray(got[path]) - before[path], value - before[path]) < 1e-4, path
+
+
+def test_jax_forward_on_the_converted_checkpoint_matches_torch(adamax_run):
+    run, folder = adamax_run
+    state, _ = restore_jax(run.hp, folder)
+    x = torch.rand(2, run.hp.data.channels, run.hp.data.target_res, run.hp.data.target_res,
+                   generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        logits, posterior, _ = run.model(x, posterior_temperature=0.0)
+    zero_noise = [jnp.zeros(nchw_to_nhwc(mean).shape) for mean, _ in posterior]
+    jax_logits, _, _, _ = make_forward(run.hp)(state.params, jnp.asarray(nchw_to_nhwc(x)), zero_noise, 0.0, 0)
+    expected = nchw_to_nhwc(logits.numpy())[..., mol_channel_permutation(run.hp)]
+    assert max_relative_error(jax_logits, expected) < 1e-4
+
+
+# ---- Bad input: one line naming the culprit, exit 2.
+
+def run_main(capsys, args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_missing_source_exits_2_naming_it(tmp_path):
+    missing = tmp_path / "checkpoints-nothing"
+    result = subprocess.run([sys.executable, str(SCRIPT), "to-jax", str(missing), str(tmp_path / "out"),
+                             "--config", str(REFERENCE_CONFIG)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_model_config_names_the_first_mismatching_parameter(adamax_run, capsys, tmp_path):
+    run, _ = adamax_run
+    args = ["to-jax", str(run.path), str(tmp_path / "out"), "--config", str(REFERENCE_CONFIG),
+            "--set", "train.batch_size=4", *TINY_OVERRIDES, "model.num_output_mixtures=3"]
+    code, err = run_main(capsys, args)
+    assert code == 2  # M (3C + 1) output channels: 2 * 10 saved, 3 * 10 configured
+    assert "top_down.output_conv.weight is (20, 8, 1, 1) there and (30, 8, 1, 1) in the model config" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_destination_needs_force(adamax_run, capsys, tmp_path):
+    run, folder = adamax_run
+    copy = tmp_path / "checkpoints-jax"
+    main(run.cli("to-jax", str(run.path), str(copy)))
+    code, err = run_main(capsys, run.cli("to-jax", str(run.path), str(copy)))
+    assert code == 2 and str(copy) in err and "--force" in err
+    main(run.cli("to-jax", str(run.path), str(copy), "--force"))
+    assert [p.name for p in copy.iterdir()] == ["5"]
+
+    (copy / "notes.txt").write_text("mine")  # a folder that is not only checkpoints is never deleted
+    code, err = run_main(capsys, run.cli("to-jax", str(run.path), str(copy), "--force"))
+    assert code == 2 and "notes.txt" in err
+
+    target = tmp_path / "checkpoints-torch"
+    target.write_bytes(b"")
+    code, err = run_main(capsys, run.cli("to-torch", str(folder), str(target)))
+    assert code == 2 and str(target) in err
+    code, err = run_main(capsys, run.cli("to-torch", str(folder), str(target), "--force", "--step", "7"))
+    assert code == 2 and "[5]" in err
+    main(run.cli("to-torch", str(folder), str(target), "--force", "--step", "5"))
+    assert load_checkpoint(target)["global_step"] == PROGRESS.global_step
