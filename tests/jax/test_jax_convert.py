@@ -1,6 +1,7 @@
 """Checkpoint conversion: key mapping, the MoL channel layouts, and training checkpoints both ways."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import subprocess
 import sys
@@ -172,6 +173,29 @@ def test_to_torch_gives_back_the_original_checkpoint_bit_exact(adamax_run):
     optimizer = build_optimizer(run.hp, model)
     progress = restore_training_state(back, model, ema_model, optimizer, build_lr_schedule(run.hp, optimizer))
     assert progress == PROGRESS
+
+
+def test_a_checkpoint_of_the_original_code_converts(adamax_run, tmp_path):
+    """The original saved the index of its last step and one optimiser group over model.parameters()."""
+    run, _ = adamax_run
+    model = copy.deepcopy(run.model)  # the fixture's model stays as saved
+    original_optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        original_optimizer.step()
+    original = {"global_step": 1, "model_state_dict": model.state_dict(),
+                "ema_model_state_dict": run.ema_model.state_dict(),
+                "optimizer_state_dict": original_optimizer.state_dict(), "scheduler_state_dict": {}}
+    torch.save(original, tmp_path / "checkpoints-original")
+    main(run.cli("to-jax", str(tmp_path / "checkpoints-original"), str(tmp_path / "checkpoints-jax")))
+    state, progress = restore_jax(run.hp, tmp_path / "checkpoints-jax")
+    assert progress == type(progress)(global_step=2) and int(state.step) == 2
+    adam = state.opt_state[0]
+    assert int(adam.count) == 2
+    expected_u = {name: original_optimizer.state[p]["exp_inf"] for name, p in model.named_parameters()}
+    assert_trees_equal(adam.nu, torch_state_dict_to_flax_params(run.hp, expected_u))
+    assert_trees_equal(state.params, torch_state_dict_to_flax_params(run.hp, model.state_dict()))
 
 
 @pytest.mark.parametrize("optimizer_type", ["Adamax", "Adam", "RAdam"])
