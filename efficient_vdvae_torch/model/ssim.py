@@ -20,9 +20,14 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, dev
 
 def ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0, window_size: int = 11,
                    sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Mean SSIM of each image pair (B,), images (B, C, H, W) with H, W >= window_size."""
+    """Mean SSIM of each image pair (B,), images (B, C, H, W).
+
+    NaN for images smaller than the window, where SSIM is not defined.
+    """
     if x.shape != y.shape:
         raise ValueError(f"ssim: images of different shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < window_size:
+        return torch.full(x.shape[:1], float("nan"), dtype=torch.float64, device=x.device)
     # float64: E[x^2] - E[x]^2 on a 0..255 range loses digits in float32.
     x, y = x.double(), y.double()
     channels = x.shape[1]

@@ -33,3 +33,8 @@ def test_metric_maps_model_space_to_pixels():
     scaled = [torch.tensor((v - 127.5) / 127.5, dtype=torch.float32) for v in (a, b)]
     expected = np.mean([skimage_ssim(x, y) for x, y in zip(a, b)])
     assert ssim_metric(*scaled) == pytest.approx(expected, rel=1e-5)
+
+
+def test_images_smaller_than_the_window_have_no_ssim():
+    x = torch.rand(3, 3, 8, 8) * 255
+    assert torch.isnan(ssim_per_image(x, x)).all()
