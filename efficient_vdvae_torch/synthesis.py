@@ -13,7 +13,6 @@ directory, like training): `synthesis-images/reconstructed/`,
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +20,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from efficient_vdvae_common.data.readers import IMAGE_EXTENSIONS
 from efficient_vdvae_common.encodings import ENCODINGS_FILENAME, Encodings, EncodingsBuilder, write_encodings
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
+from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, div_stats_summary, image_stem,
+                                                    temperature_folder_name)
 from efficient_vdvae_common.temperatures import expand_temperature_settings
 from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, load_div_stats, save_div_stats, variate_masks
 from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
 from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_torch.model.latent_layers import gaussian_std
-from efficient_vdvae_torch.model.losses import count_active_groups, kl_per_variate
+from efficient_vdvae_torch.model.losses import kl_per_variate
 from efficient_vdvae_torch.model.output_distribution import MNIST_CROP
 from efficient_vdvae_torch.model.ssim import ssim_per_image
 from hparams.saved_run import logs_dir
 
 MODES = ("reconstruction", "generation", "div_stats", "encoding")
-
-
-@dataclass
-class ReconstructionMetrics:
-    """Means over the synthesis set (sums over images / image count), in report units
-    (bits/dim; nats per image for binarized_mnist). `ssim` is None for binarized_mnist."""
-
-    nelbo: float
-    recon: float
-    kl_div: float
-    ssim: float | None
-    num_images: int
-
-    def summary(self) -> str:
-        ssim = "" if self.ssim is None else f" | SSIM {self.ssim:.6f}"
-        return (f"NELBO {self.nelbo:.6f} | reconstruction {self.recon:.6f} | KL {self.kl_div:.6f}{ssim}"
-                f" | {self.num_images} images")
 
 
 def default_device() -> torch.device:
@@ -97,12 +80,6 @@ def _progress(loader, description: str):
     return tqdm(loader, desc=description, unit="batch", disable=None, dynamic_ncols=True)
 
 
-def _image_stem(name: str) -> str:
-    """A data set name without its image extension (array-file names have none)."""
-    path = Path(name)
-    return path.with_suffix("").as_posix() if path.suffix.lower() in IMAGE_EXTENSIONS else name
-
-
 def _to_uint8_images(images: torch.Tensor, binarized: bool) -> np.ndarray:
     """(B, C, H, W) model-space images -> (B, H, W, C) uint8."""
     return model_space_to_uint8(images.permute(0, 2, 3, 1).float().cpu().numpy(), binarized)
@@ -143,24 +120,13 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
         output_images = _to_uint8_images(outputs, binarized)
         target_images = _to_uint8_images(targets, binarized)
         for name, output, target in zip(names, output_images, target_images):
-            stem = _image_stem(name)
+            stem = image_stem(name)
             write_png(output_dir / f"{stem}.png", output)
             if hp.synthesis.save_target_in_reconstruction:
                 write_png(output_dir / f"{stem}-target.png", target)
     return ReconstructionMetrics(
         nelbo=totals["nelbo"] / count, recon=totals["recon"] / count, kl_div=totals["kl_div"] / count,
         ssim=None if binarized else totals["ssim"] / count, num_images=count)
-
-
-def temperature_folder_name(index: int, setting: Any) -> str:
-    """A readable folder name per temperature_settings entry, e.g. `00_T-0.8`, `04_linear-0.7-0.9`."""
-    if isinstance(setting, tuple):
-        label = "-".join([str(setting[0])] + [f"{float(t):g}" for t in setting[1:]])
-    elif isinstance(setting, list):
-        label = "list-" + "-".join(f"{float(t):g}" for t in setting)
-    else:
-        label = f"T-{float(setting):g}"
-    return f"{index:02d}_{label}"
 
 
 @torch.no_grad()
@@ -197,17 +163,6 @@ def compute_div_stats(hp: Any, model: UniversalAutoEncoder, device: torch.device
         total = batch_kl if total is None else total + batch_kl
         count += x.shape[0]
     return (total / count).cpu().numpy()
-
-
-def div_stats_summary(hp: Any, div_stats: np.ndarray) -> str:
-    """Active groups (mean KL per latent dim >= metrics.latent_active_threshold) and the masks' share."""
-    groups, variates = div_stats.shape
-    masks = variate_masks(div_stats, hp.synthesis.variate_masks_quantile)
-    active = count_active_groups(torch.from_numpy(div_stats.mean(axis=1)), hp.metrics.latent_active_threshold)
-    masked_groups = [g for g in range(groups) if masks[g].any()]
-    return (f"div_stats ({groups} groups x {variates} variates): {active}/{groups} active groups; "
-            f"{int(masks.sum())}/{masks.size} variates ({masks.mean():.2%}) above the "
-            f"{1 - hp.synthesis.variate_masks_quantile:g} quantile, in groups {masked_groups}")
 
 
 @torch.no_grad()
