@@ -13,6 +13,7 @@ SCRIPTS = [
     "efficient_vdvae_torch/synthesize.py",
     "efficient_vdvae_jax/train.py",
     "efficient_vdvae_jax/convert_checkpoint.py",
+    "efficient_vdvae_jax/synthesize.py",
 ]
 
 

@@ -1,0 +1,283 @@
+"""The four inference modes of JAX Efficient-VDVAE (SPEC.md section 8), on one device.
+
+Each mode is one function taking the config, the model and its parameters:
+`reconstruct`, `generate`, `compute_div_stats`, `encode`; the per-batch work
+of each is one jitted function. `run_synthesis` loads the run's checkpoint
+and dispatches on `synthesis.synthesis_mode`; synthesize.py is the
+command-line entry around it. Outputs and names are those of the PyTorch
+implementation (efficient_vdvae_common.synthesis_files).
+
+Evaluation batches are zero-padded to the configured batch size, with a mask,
+so that every mode compiles once. Randomness follows run.seed: batch i of a
+mode uses the key fold_in(PRNGKey(seed), i); in generation every temperature
+setting reuses the same keys, so setting k's image j differs from setting 0's
+only by its temperatures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from efficient_vdvae_common.data import DataError
+from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder, write_encodings
+from efficient_vdvae_common.images import model_space_to_uint8, write_png
+from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, div_stats_path, div_stats_summary,
+                                                    encodings_path, generated_image_name, generation_dir,
+                                                    image_stem, reconstruction_dir, temperature_folder_name)
+from efficient_vdvae_common.temperatures import expand_temperature_settings
+from efficient_vdvae_common.variate_masks import load_div_stats, save_div_stats, variate_masks
+from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, checkpoint_dir
+from efficient_vdvae_jax.data import create_iterator
+from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
+from efficient_vdvae_jax.model.autoencoder import num_latent_groups
+from efficient_vdvae_jax.model.latent_layers import stats_to_std
+from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, sample_output
+from efficient_vdvae_jax.model.ssim import ssim_per_image
+from efficient_vdvae_jax.trainer import abstract_train_state, local_mesh
+from hparams import ConfigError
+from hparams.saved_run import logs_dir
+
+MODES = ("reconstruction", "generation", "div_stats", "encoding")
+SSIM_WINDOW = 11
+LN2 = float(np.log(2.0))
+
+
+def batch_key(seed: int, index: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(seed), index)
+
+
+def load_synthesis_params(hp: Any, model: UniversalAutoEncoder, root: str | Path = ".") -> Any:
+    """The run's latest parameters on the first device: EMA ones when synthesis.load_ema_weights."""
+    checkpoints = TrainingCheckpoints(checkpoint_dir(hp.run.name, root), hp.run.max_allowed_checkpoints)
+    try:
+        if checkpoints.latest() is None:
+            raise CheckpointError(f"no checkpoint in {checkpoints.directory}: train run '{hp.run.name}' first, "
+                                  "and run synthesis from the folder that holds it")
+        replicated = NamedSharding(local_mesh(1), PartitionSpec())
+        state, progress = checkpoints.restore(abstract_train_state(hp, model, replicated))
+    finally:
+        checkpoints.close()
+    ema = hp.synthesis.load_ema_weights
+    print(f"loaded {'EMA' if ema else 'trained'} weights from {checkpoints.directory} "
+          f"(step {progress.global_step})", flush=True)
+    return state.ema_params if ema else state.params
+
+
+def load_variate_masks(hp: Any, root: str | Path = ".") -> np.ndarray:
+    """(L, variates) boolean masks from the run's div_stats.npy (SPEC section 8)."""
+    div_stats = load_div_stats(div_stats_path(logs_dir(hp.run.name, root)), num_latent_groups(hp),
+                               hp.model.down_latent_variates[0])
+    return variate_masks(div_stats, hp.synthesis.variate_masks_quantile)
+
+
+def padded_batches(hp: Any, split: str, with_names: bool = False) -> Iterator[tuple]:
+    """(x (B, H, W, C), mask (B,), names) per batch of `split`; the last batch zero-padded to B."""
+    batch_size = hp.synthesis.batch_size
+    for x, names, mask in create_iterator(hp, split, num_devices=1, with_names=True, with_mask=True,
+                                          batch_size=batch_size):
+        x, mask, names = x[0], mask[0], list(names[0])
+        missing = batch_size - len(x)
+        if missing:
+            x = np.concatenate([x, np.zeros((missing,) + x.shape[1:], x.dtype)])
+            mask = np.concatenate([mask, np.zeros(missing, bool)])
+        yield (x, mask, names) if with_names else (x, mask)
+
+
+def _progress(items, description: str, total: int | None = None):
+    # disable=None: a bar on a terminal, silent in logs and pipes.
+    return tqdm(items, desc=description, total=total, unit="batch", disable=None, dynamic_ncols=True)
+
+
+def _jnp_masks(masks: np.ndarray | None) -> list[jax.Array] | None:
+    return None if masks is None else [jnp.asarray(m, jnp.float32) for m in masks]
+
+
+def make_reconstruction_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
+    """`values, outputs = step(params, rng, x, masks, posterior_temperature)`.
+
+    values: (B, 4) per image NELBO, reconstruction, KL (report units) and SSIM
+    (NaN for binarized MNIST and images smaller than the SSIM window); outputs:
+    images sampled from the output distribution. Every term of the evaluation
+    objective is a mean over images, so each image's values come from its own loss.
+    """
+    no_ssim = is_binarized_mnist(hp) or hp.data.target_res < SSIM_WINDOW
+
+    def loss_of_one_image(x, logits, posterior, prior):
+        add_batch = lambda tree: jax.tree.map(lambda a: a[None], tree)  # noqa: E731
+        return compute_loss(hp, x[None], logits[None], add_batch(posterior), add_batch(prior), None)
+
+    def step(params, rng, x, masks, posterior_temperature):
+        model_rng, output_rng = jax.random.split(rng)
+        logits, posterior, prior = model.apply({"params": params}, model_rng, x, variate_masks=masks,
+                                               posterior_temperature=posterior_temperature)
+        loss = jax.vmap(loss_of_one_image)(x, logits, posterior, prior)
+        outputs = sample_output(hp, output_rng, logits)
+        if no_ssim:
+            ssim = jnp.full(x.shape[:1], jnp.nan)
+        else:
+            ssim = ssim_per_image(x * 127.5 + 127.5, outputs * 127.5 + 127.5)
+        return jnp.stack([loss.nelbo, loss.recon_report, loss.kl_div, ssim], axis=1), outputs
+
+    return jax.jit(step)
+
+
+def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str | Path,
+                masks: np.ndarray | None = None, posterior_temperature: float = 1.0) -> ReconstructionMetrics:
+    """Encode and decode the synthesis set; write `<name>.png` (and `<name>-target.png`) per image.
+
+    The metrics are those of evaluation (beta 1, no gamma balancing) with z
+    sampled from the posterior as in training; `masks` replace masked-off
+    variates by prior samples (temperature 1, noise independent of the
+    posterior's). `posterior_temperature=0` decodes the posterior means.
+    """
+    output_dir = Path(output_dir)
+    binarized = is_binarized_mnist(hp)
+    step = make_reconstruction_step(hp, model)
+    mask_arrays = _jnp_masks(masks)
+    totals, count = np.zeros(4), 0
+    for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "synthesis", with_names=True),
+                                                    "reconstruction")):
+        values, outputs = step(params, batch_key(hp.run.seed, index), x, mask_arrays,
+                               jnp.float32(posterior_temperature))
+        real = len(names)
+        totals += np.asarray(values, np.float64)[:real].sum(axis=0)
+        count += real
+        targets = x[:real, MNIST_CROP, MNIST_CROP] if binarized else x[:real]
+        output_images = model_space_to_uint8(np.asarray(outputs)[:real], binarized)
+        target_images = model_space_to_uint8(targets, binarized)
+        for name, output, target in zip(names, output_images, target_images):
+            stem = image_stem(name)
+            write_png(output_dir / f"{stem}.png", output)
+            if hp.synthesis.save_target_in_reconstruction:
+                write_png(output_dir / f"{stem}-target.png", target)
+    if count == 0:
+        raise DataError(f"the synthesis set ({hp.data.synthesis_data_path}) has no images")
+    nelbo, recon, kl_div, ssim = (totals / count).tolist()
+    return ReconstructionMetrics(nelbo=nelbo, recon=recon, kl_div=kl_div, ssim=None if binarized else ssim,
+                                 num_images=count)
+
+
+def make_generation_step(hp: Any, model: UniversalAutoEncoder, batch_size: int) -> Callable:
+    """`images = step(params, rng, level_temperatures)`: prior samples; one compile for every setting."""
+    def step(params, rng, level_temperatures):
+        latent_rng, output_rng = jax.random.split(rng)
+        logits, _ = model.apply({"params": params}, latent_rng, batch_size, level_temperatures,
+                                method=model.sample_from_prior)
+        return sample_output(hp, output_rng, logits)
+
+    return jax.jit(step)
+
+
+def generate(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str | Path) -> list[Path]:
+    """n_generation_batches batches of synthesis.batch_size prior samples per temperature setting.
+
+    Writes `<output_dir>/<setting folder>/image-0000.png`, ...; returns the folders.
+    """
+    settings = hp.synthesis.temperature_settings
+    expanded = expand_temperature_settings(settings, len(hp.model.down_strides))
+    step = make_generation_step(hp, model, hp.synthesis.batch_size)
+    binarized = is_binarized_mnist(hp)
+    folders = []
+    for setting_index, (setting, temperatures) in enumerate(zip(settings, expanded)):
+        folder = Path(output_dir) / temperature_folder_name(setting_index, setting)
+        image_index = 0
+        batches = range(hp.synthesis.n_generation_batches)
+        for batch_index in _progress(batches, f"generation {folder.name}"):
+            images = step(params, batch_key(hp.run.seed, batch_index), jnp.asarray(temperatures, jnp.float32))
+            for image in model_space_to_uint8(np.asarray(images), binarized):
+                write_png(folder / generated_image_name(image_index), image)
+                image_index += 1
+        folders.append(folder)
+    return folders
+
+
+def make_div_stats_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
+    """`sums = step(params, rng, x, mask)`: (L, variates) KL in bits, averaged over positions,
+    summed over the real images of the batch."""
+    def step(params, rng, x, mask):
+        _, posterior, prior = model.apply({"params": params}, rng, x)
+        per_image = jnp.stack([jnp.mean(gaussian_kl(hp, post, pri), axis=(1, 2))
+                               for post, pri in zip(posterior, prior)], axis=1)  # B, L, variates
+        return jnp.sum(jnp.where(mask[:, None, None], per_image, 0.0), axis=0) / LN2
+
+    return jax.jit(step)
+
+
+def compute_div_stats(hp: Any, model: UniversalAutoEncoder, params: Any) -> np.ndarray:
+    """(L, variates): per-variate KL in bits, averaged over the div_stats images and positions."""
+    step = make_div_stats_step(hp, model)
+    total, count = 0.0, 0
+    for index, (x, mask) in enumerate(_progress(padded_batches(hp, "div_stats"), "div_stats")):
+        total = total + np.asarray(step(params, batch_key(hp.run.seed, index), x, mask), np.float64)
+        count += int(mask.sum())
+    if count == 0:
+        raise DataError(f"the div_stats subset of {hp.data.train_data_path} has no images "
+                          f"(synthesis.div_stats_subset_ratio = {hp.synthesis.div_stats_subset_ratio})")
+    return total / count
+
+
+def make_encoding_step(hp: Any, model: UniversalAutoEncoder, active: dict[int, np.ndarray]) -> Callable:
+    """`posteriors = step(params, rng, x, masks)`: group -> (B, H, W, n_active, 2) posterior (mean, std)."""
+    base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+
+    def step(params, rng, x, masks):
+        _, posterior, _ = model.apply({"params": params}, rng, x, variate_masks=masks)
+        return {g: jnp.stack([posterior[g][0][..., variates], stats_to_std(posterior[g], base, beta)[..., variates]],
+                             axis=-1)
+                for g, variates in active.items()}
+
+    return jax.jit(step)
+
+
+def encode(hp: Any, model: UniversalAutoEncoder, params: Any, masks: np.ndarray) -> Encodings:
+    """Posterior (mean, std) of the active variates of every train image, per group with any active.
+
+    The forward pass uses the masks (masked-off variates take prior samples),
+    so later groups see what masked reconstruction would feed them.
+    """
+    active = {g: np.flatnonzero(mask) for g, mask in enumerate(masks) if mask.any()}
+    builder = EncodingsBuilder(active)
+    step = make_encoding_step(hp, model, active)
+    mask_arrays = _jnp_masks(masks)
+    for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "encode", with_names=True), "encoding")):
+        posteriors = step(params, batch_key(hp.run.seed, index), x, mask_arrays)
+        builder.add_batch(names, {g: np.asarray(p, np.float32)[:len(names)] for g, p in posteriors.items()})
+    return builder.build()
+
+
+def run_synthesis(hp: Any, root: str | Path = ".", posterior_temperature: float = 1.0) -> None:
+    """Load run `hp.run.name` from `root` and run `synthesis.synthesis_mode`, printing a summary."""
+    mode = hp.synthesis.synthesis_mode
+    if mode not in MODES:
+        raise ConfigError(f"synthesis.synthesis_mode = {mode!r}: expected one of {MODES}")
+    needs_masks = mode == "encoding" or (mode == "reconstruction" and hp.synthesis.mask_reconstruction)
+    run_logs = logs_dir(hp.run.name, root)
+    model = UniversalAutoEncoder(hp)
+    params = load_synthesis_params(hp, model, root)
+    # Masks come before any output so that a missing div_stats leaves nothing half-written.
+    masks = load_variate_masks(hp, root) if needs_masks else None
+
+    if mode == "reconstruction":
+        metrics = reconstruct(hp, model, params, reconstruction_dir(run_logs), masks, posterior_temperature)
+        print(metrics.summary(), flush=True)
+    elif mode == "generation":
+        output_dir = generation_dir(run_logs)
+        folders = generate(hp, model, params, output_dir)
+        print(f"wrote {hp.synthesis.n_generation_batches * hp.synthesis.batch_size} images for each of "
+              f"{len(folders)} temperature settings under {output_dir}", flush=True)
+    elif mode == "div_stats":
+        div_stats = compute_div_stats(hp, model, params)
+        save_div_stats(div_stats_path(run_logs), div_stats)
+        print(div_stats_summary(hp, div_stats), flush=True)
+        print(f"wrote {div_stats_path(run_logs)}", flush=True)
+    else:
+        encodings = encode(hp, model, params, masks)
+        path = encodings_path(run_logs)
+        write_encodings(path, encodings)
+        print(f"wrote {path}: {len(encodings.file_names)} images, groups {sorted(encodings.groups)}", flush=True)

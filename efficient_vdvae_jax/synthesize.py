@@ -1,0 +1,66 @@
+"""Inference with a trained JAX Efficient-VDVAE run (SPEC.md section 8), on one device.
+
+    python synthesize.py [--config FILE] [--set section.key=value ...] [--posterior-means]
+
+Run it from the folder that holds the run's logs-<name>/ and
+checkpoints-<name>/; the run's saved logs-<name>/hparams-<name>.cfg is used
+(--set may still change the [synthesis] settings). synthesis.synthesis_mode
+selects the mode:
+
+- reconstruction: NELBO, KL, reconstruction and SSIM over the synthesis set;
+  images under logs-<name>/synthesis-images/reconstructed/
+  (mask_reconstruction needs div_stats first);
+- generation: prior samples per temperature setting under
+  logs-<name>/synthesis-images/generated/<setting>/;
+- div_stats: per-variate KL over a subset of the train set, written to
+  logs-<name>/div_stats.npy;
+- encoding: posteriors of the active variates of every train image, written
+  to logs-<name>/latents/encodings.npz (needs div_stats first).
+
+Outputs and names are those of efficient_vdvae_torch/synthesize.py. Bad
+configuration, a missing checkpoint or div_stats: one line, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Runnable as a script from any directory, without the editable install.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.variate_masks import DivStatsError  # noqa: E402
+from efficient_vdvae_jax.checkpoints import CheckpointError  # noqa: E402
+from efficient_vdvae_jax.synthesis import run_synthesis  # noqa: E402
+from hparams import ConfigError  # noqa: E402
+from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Efficient-VDVAE (JAX) inference: reconstruction, generation, "
+                                                 "div_stats or encoding (synthesis.synthesis_mode). Runs on one "
+                                                 "device (the first of jax.devices()) even when several exist.")
+    parser.add_argument("--posterior-means", action="store_true",
+                        help="reconstruction: decode the posterior means instead of sampled latents "
+                             "(repeatable images; the printed NELBO is then not the sampled bound)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args("", argv, parser=_parser())
+    hp = load_config_or_exit(args, save=False)
+    try:
+        run_synthesis(hp, posterior_temperature=0.0 if args.posterior_means else 1.0)
+    except (CheckpointError, ConfigError, DataError, DivStatsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
