@@ -26,11 +26,10 @@ SYNTHESIZE_PY = REPO_ROOT / "efficient_vdvae_jax" / "synthesize.py"
 SUMMARY = re.compile(r"(NELBO|reconstruction|KL|SSIM) (-?[0-9.]+)")
 
 
-def _synthesize(run, root: Path, monkeypatch, capsys, *overrides: str, args: tuple[str, ...] = ()
-                ) -> tuple[int, str, str]:
+def _synthesize(run, root: Path, monkeypatch, capsys, *overrides: str) -> tuple[int, str, str]:
     """synthesize.main() from `root` (in-process: no second JAX start-up); (exit code, stdout, stderr)."""
     monkeypatch.chdir(root)
-    code = synthesize_main([*args, *run.arguments(*overrides)])
+    code = synthesize_main(run.arguments(*overrides))
     out = capsys.readouterr()
     return code, out.out, out.err
 
