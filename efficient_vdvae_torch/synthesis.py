@@ -20,12 +20,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from efficient_vdvae_common.encodings import ENCODINGS_FILENAME, Encodings, EncodingsBuilder, write_encodings
+from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder, write_encodings
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
-from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, div_stats_summary, image_stem,
-                                                    temperature_folder_name)
+from efficient_vdvae_common.synthesis_files import (
+    ReconstructionMetrics,
+    div_stats_path,
+    div_stats_summary,
+    encodings_path,
+    generated_image_name,
+    generation_dir,
+    image_stem,
+    reconstruction_dir,
+    temperature_folder_name,
+)
 from efficient_vdvae_common.temperatures import expand_temperature_settings
-from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, load_div_stats, save_div_stats, variate_masks
+from efficient_vdvae_common.variate_masks import load_div_stats, save_div_stats, variate_masks
 from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
 from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
@@ -70,7 +79,7 @@ def load_synthesis_model(hp: Any, device: torch.device, root: str | Path = ".") 
 
 def load_variate_masks(hp: Any, model: UniversalAutoEncoder, root: str | Path = ".") -> np.ndarray:
     """(L, variates) boolean masks from the run's div_stats.npy (SPEC section 8)."""
-    div_stats = load_div_stats(logs_dir(hp.run.name, root) / DIV_STATS_FILENAME, model.num_groups,
+    div_stats = load_div_stats(div_stats_path(logs_dir(hp.run.name, root)), model.num_groups,
                                hp.model.down_latent_variates[0])
     return variate_masks(div_stats, hp.synthesis.variate_masks_quantile)
 
@@ -146,7 +155,7 @@ def generate(hp: Any, model: UniversalAutoEncoder, device: torch.device, output_
             logits, _ = model.sample_from_prior(hp.synthesis.batch_size, temperatures)
             images = model.sample_output(logits, hp.synthesis.output_temperature)
             for image in _to_uint8_images(images, model.output_distribution.bernoulli):
-                write_png(folder / f"image-{image_index:04d}.png", image)
+                write_png(folder / generated_image_name(image_index), image)
                 image_index += 1
         folders.append(folder)
     return folders
@@ -205,21 +214,21 @@ def run_synthesis(hp: Any, device: torch.device | None = None, root: str | Path 
     seed_everything(hp.run.seed)
 
     if mode == "reconstruction":
-        metrics = reconstruct(hp, model, device, run_logs / "synthesis-images" / "reconstructed", masks,
+        metrics = reconstruct(hp, model, device, reconstruction_dir(run_logs), masks,
                               posterior_temperature)
         print(metrics.summary(), flush=True)
     elif mode == "generation":
-        output_dir = run_logs / "synthesis-images" / "generated"
+        output_dir = generation_dir(run_logs)
         folders = generate(hp, model, device, output_dir)
         print(f"wrote {hp.synthesis.n_generation_batches * hp.synthesis.batch_size} images for each of "
               f"{len(folders)} temperature settings under {output_dir}", flush=True)
     elif mode == "div_stats":
         div_stats = compute_div_stats(hp, model, device)
-        save_div_stats(run_logs / DIV_STATS_FILENAME, div_stats)
+        save_div_stats(div_stats_path(run_logs), div_stats)
         print(div_stats_summary(hp, div_stats), flush=True)
-        print(f"wrote {run_logs / DIV_STATS_FILENAME}", flush=True)
+        print(f"wrote {div_stats_path(run_logs)}", flush=True)
     else:
         encodings = encode(hp, model, device, masks)
-        path = run_logs / "latents" / ENCODINGS_FILENAME
+        path = encodings_path(run_logs)
         write_encodings(path, encodings)
         print(f"wrote {path}: {len(encodings.file_names)} images, groups {sorted(encodings.groups)}", flush=True)
