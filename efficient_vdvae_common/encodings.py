@@ -25,14 +25,14 @@ held in memory while it is written and read: N * sum_g(H_g * W_g * n_active_g)
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from efficient_vdvae_common.atomic_files import atomic_binary_file
 
 FORMAT_VERSION = 1
 ENCODINGS_FILENAME = "encodings.npz"
@@ -116,18 +116,8 @@ def write_encodings(path: str | Path, encodings: Encodings) -> None:
     for g, group in encodings.groups.items():
         arrays[f"group_{g}_variates"] = np.asarray(group.variates, dtype=np.int64)
         arrays[f"group_{g}_posterior"] = np.asarray(group.posterior, dtype=np.float32)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, allow_pickle=False, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_binary_file(path) as stream:
+        np.savez(stream, allow_pickle=False, **arrays)
 
 
 def read_encodings(path: str | Path) -> Encodings:

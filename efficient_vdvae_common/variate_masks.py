@@ -8,11 +8,11 @@ replaced by prior samples in masked reconstruction and left out of encodings.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from efficient_vdvae_common.atomic_files import atomic_binary_file
 
 DIV_STATS_FILENAME = "div_stats.npy"
 
@@ -36,18 +36,8 @@ def variate_masks(div_stats: np.ndarray, quantile: float) -> np.ndarray:
 
 def save_div_stats(path: str | Path, div_stats: np.ndarray) -> None:
     """Write `div_stats` as a float32 .npy file atomically (readers see the old file or the new one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, np.asarray(div_stats, dtype=np.float32), allow_pickle=False)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_binary_file(path) as stream:
+        np.save(stream, np.asarray(div_stats, dtype=np.float32), allow_pickle=False)
 
 
 def load_div_stats(path: str | Path, num_groups: int, num_variates: int) -> np.ndarray:
