@@ -40,3 +40,15 @@ def make_config():
         return load_config(REFERENCE_CONFIG, overrides=REFERENCE_OVERRIDES + tuple(overrides))
 
     return _make
+
+
+@pytest.fixture
+def single_torch_thread():
+    """One torch intra-op thread: on a few shared cores OpenMP's spinning threads
+    make small models' steps several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

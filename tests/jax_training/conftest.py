@@ -11,11 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests.conftest import REFERENCE_CONFIG, REPO_ROOT
+from tests.helpers import numbered_pngs, write_random_pngs
 
 TRAIN_PY = REPO_ROOT / "efficient_vdvae_jax" / "train.py"
 
@@ -43,10 +42,7 @@ TINY_MODEL = (
 
 
 def write_image_folder(folder: Path, count: int, seed: int, size: int = 16) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)).save(folder / f"{index:03d}.png")
+    write_random_pngs(folder, numbered_pngs(count, prefix=""), seed, size)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from tests.helpers import TINY_MODEL, numbered_pngs, write_random_pngs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "tests" / "fixtures" / "original_torch_small" / "config.cfg"
@@ -17,18 +17,6 @@ SYNTHESIZE_PY = REPO_ROOT / "efficient_vdvae_torch" / "synthesize.py"
 TRAIN_PY = REPO_ROOT / "efficient_vdvae_torch" / "train.py"
 RUN_NAME = "tiny"
 
-# A 16x16 model of ~11k parameters with 10 latent groups of 4 variates.
-TINY_MODEL = (
-    "data.target_res=16",
-    "model.input_conv_filters=8",
-    "model.up_strides=[1, 2, 1, 2, 1, 2, 1]",
-    "model.down_strides=[1, 2, 1, 2, 1, 2, 1]",
-    "model.up_filters=[8] * 7",
-    "model.up_skip_filters=[8] * 7",
-    "model.down_filters=[8] * 7",
-    "model.down_latent_variates=[4] * 7",
-    "model.num_output_mixtures=2",
-)
 # Latent resolution of each group: levels [2, 4, 4, 8, 8, 16, 16], followers [0, 0, 1, 0, 0, 2, 0].
 GROUP_RESOLUTIONS = [2, 4, 4, 4, 8, 8, 16, 16, 16, 16]
 SYNTHESIS_NAMES = ["img_000.png", "img_001.png", "img_002.png", "img_003.png", "more/img_004.png",
@@ -62,22 +50,9 @@ def script_env() -> dict[str, str]:
     return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 
-def _write_images(folder: Path, names: list[str], seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for name in names:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(folder / name)
-
-
 @pytest.fixture(autouse=True)
-def single_torch_thread():
-    """One intra-op thread for in-process model calls, as in the training tests."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(single_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +60,8 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     """12 train and 6 synthesis PNGs (two in a subfolder), trained for 3 updates with train.py."""
     root = tmp_path_factory.mktemp("synthesis_run")
     images = root / "images"
-    _write_images(images / "train", [f"img_{i:03d}.png" for i in range(12)], seed=1)
-    _write_images(images / "synthesis", SYNTHESIS_NAMES, seed=2)
+    write_random_pngs(images / "train", numbered_pngs(12), seed=1)
+    write_random_pngs(images / "synthesis", SYNTHESIS_NAMES, seed=2)
     overrides = TINY_MODEL + (
         f"run.name={RUN_NAME}",
         "run.num_cpus=1",

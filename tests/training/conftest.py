@@ -3,41 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-# A 16x16 model of ~11k parameters: the training tests run real steps on 2 shared CPU cores.
-TINY_MODEL = (
-    "data.target_res=16",
-    "model.input_conv_filters=8",
-    "model.up_strides=[1, 2, 1, 2, 1, 2, 1]",
-    "model.down_strides=[1, 2, 1, 2, 1, 2, 1]",
-    "model.up_filters=[8] * 7",
-    "model.up_skip_filters=[8] * 7",
-    "model.down_filters=[8] * 7",
-    "model.down_latent_variates=[4] * 7",
-    "model.num_output_mixtures=2",
-)
+from tests.helpers import TINY_MODEL, numbered_pngs, write_random_pngs
+
 
 
 def write_image_folder(folder: Path, count: int, seed: int, size: int = 16) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"img_{index:03d}.png")
+    write_random_pngs(folder, numbered_pngs(count), seed, size)
 
 
 @pytest.fixture(autouse=True)
-def single_torch_thread():
-    """One intra-op thread: on a few shared cores OpenMP's spinning threads make steps 3-4x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(single_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
