@@ -21,6 +21,30 @@ TINY_MODEL = (
 )
 
 
+# Two levels, three latent groups, 8 channels: the smallest model whose jitted
+# gradients (JAX) compile in seconds. Add a data.target_res divisible by 4.
+TWO_LEVEL_MODEL = (
+    "model.input_conv_filters=8",
+    "model.up_strides=[2, 2]",
+    "model.up_n_blocks_per_res=[1, 0]",
+    "model.up_n_blocks=[1, 1]",
+    "model.up_n_layers=[1, 1]",
+    "model.up_filters=[8, 8]",
+    "model.up_mid_filters_ratio=[0.5, 0.5]",
+    "model.up_kernel_size=[3, 3]",
+    "model.up_skip_filters=[8, 8]",
+    "model.down_strides=[2, 2]",
+    "model.down_n_blocks_per_res=[1, 0]",
+    "model.down_n_blocks=[1, 1]",
+    "model.down_n_layers=[1, 1]",
+    "model.down_filters=[8, 8]",
+    "model.down_mid_filters_ratio=[0.5, 0.5]",
+    "model.down_kernel_size=[3, 3]",
+    "model.down_latent_variates=[4, 4]",
+    "model.num_output_mixtures=2",
+)
+
+
 def write_random_pngs(folder: Path, names: Iterable[str], seed: int, size: int = 16) -> None:
     """Seeded random RGB PNGs `folder/<name>` (names may hold subfolders)."""
     rng = np.random.default_rng(seed)

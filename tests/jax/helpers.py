@@ -7,6 +7,7 @@ import numpy as np
 from hparams import load_config
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from tests.conftest import REFERENCE_CONFIG, REFERENCE_OVERRIDES
+from tests.helpers import TWO_LEVEL_MODEL
 
 
 def load_reference_config(*overrides: str):
@@ -38,28 +39,8 @@ def make_forward(hp):
     return forward
 
 
-# A tiny 8x8 model (3 latent groups) so that jitted gradients compile in seconds.
-TINY_OVERRIDES = (
-    "data.target_res=8",
-    "model.input_conv_filters=8",
-    "model.up_strides=[2, 2]",
-    "model.up_n_blocks_per_res=[1, 0]",
-    "model.up_n_blocks=[1, 1]",
-    "model.up_n_layers=[1, 1]",
-    "model.up_filters=[8, 8]",
-    "model.up_mid_filters_ratio=[0.5, 0.5]",
-    "model.up_kernel_size=[3, 3]",
-    "model.up_skip_filters=[8, 8]",
-    "model.down_strides=[2, 2]",
-    "model.down_n_blocks_per_res=[1, 0]",
-    "model.down_n_blocks=[1, 1]",
-    "model.down_n_layers=[1, 1]",
-    "model.down_filters=[8, 8]",
-    "model.down_mid_filters_ratio=[0.5, 0.5]",
-    "model.down_kernel_size=[3, 3]",
-    "model.down_latent_variates=[4, 4]",
-    "model.num_output_mixtures=2",
-)
+# A tiny 8x8 model (3 latent groups): jitted gradients compile in seconds.
+TINY_OVERRIDES = ("data.target_res=8",) + TWO_LEVEL_MODEL
 
 
 def load_tiny_config(*overrides: str):

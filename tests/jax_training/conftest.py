@@ -14,31 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REFERENCE_CONFIG, REPO_ROOT
-from tests.helpers import numbered_pngs, write_random_pngs
+from tests.helpers import TWO_LEVEL_MODEL, numbered_pngs, write_random_pngs
 
 TRAIN_PY = REPO_ROOT / "efficient_vdvae_jax" / "train.py"
 
-TINY_MODEL = (
-    "data.target_res=16",
-    "model.input_conv_filters=8",
-    "model.up_strides=[2, 2]",
-    "model.up_n_blocks_per_res=[1, 0]",
-    "model.up_n_blocks=[1, 1]",
-    "model.up_n_layers=[1, 1]",
-    "model.up_filters=[8, 8]",
-    "model.up_mid_filters_ratio=[0.5, 0.5]",
-    "model.up_kernel_size=[3, 3]",
-    "model.up_skip_filters=[8, 8]",
-    "model.down_strides=[2, 2]",
-    "model.down_n_blocks_per_res=[1, 0]",
-    "model.down_n_blocks=[1, 1]",
-    "model.down_n_layers=[1, 1]",
-    "model.down_filters=[8, 8]",
-    "model.down_mid_filters_ratio=[0.5, 0.5]",
-    "model.down_kernel_size=[3, 3]",
-    "model.down_latent_variates=[4, 4]",
-    "model.num_output_mixtures=2",
-)
+TINY_MODEL = ("data.target_res=16",) + TWO_LEVEL_MODEL
 
 
 def write_image_folder(folder: Path, count: int, seed: int, size: int = 16) -> None:
