@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from efficient_vdvae_common.data.readers import IMAGE_EXTENSIONS
-from efficient_vdvae_common.encodings import ENCODINGS_FILENAME
-from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, variate_masks
+from efficient_vdvae_common.encodings import ENCODINGS_FILENAME, Encodings, write_encodings
+from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, save_div_stats, variate_masks
 
 
 def reconstruction_dir(run_logs: str | Path) -> Path:
@@ -83,3 +83,40 @@ def div_stats_summary(hp: Any, div_stats: np.ndarray) -> str:
     return (f"div_stats ({groups} groups x {variates} variates): {active}/{groups} active groups; "
             f"{int(masks.sum())}/{masks.size} variates ({masks.mean():.2%}) above the "
             f"{1 - hp.synthesis.variate_masks_quantile:g} quantile, in groups {masked_groups}")
+
+
+def needs_variate_masks(hp: Any) -> bool:
+    """Encoding, and reconstruction with mask_reconstruction, keep only the div_stats-selected variates."""
+    mode = hp.synthesis.synthesis_mode
+    return mode == "encoding" or (mode == "reconstruction" and hp.synthesis.mask_reconstruction)
+
+
+def run_mode(
+    hp: Any,
+    run_logs: str | Path,
+    masks: Sequence[np.ndarray] | None,
+    *,
+    reconstruct: Callable[[Path, Sequence[np.ndarray] | None], ReconstructionMetrics],
+    generate: Callable[[Path], list[Path]],
+    compute_div_stats: Callable[[], np.ndarray],
+    encode: Callable[[Sequence[np.ndarray]], Encodings],
+) -> None:
+    """Run `synthesis.synthesis_mode` with one framework's mode functions; write and report the outputs."""
+    mode = hp.synthesis.synthesis_mode
+    if mode == "reconstruction":
+        print(reconstruct(reconstruction_dir(run_logs), masks).summary(), flush=True)
+    elif mode == "generation":
+        output_dir = generation_dir(run_logs)
+        folders = generate(output_dir)
+        print(f"wrote {hp.synthesis.n_generation_batches * hp.synthesis.batch_size} images for each of "
+              f"{len(folders)} temperature settings under {output_dir}", flush=True)
+    elif mode == "div_stats":
+        div_stats = compute_div_stats()
+        save_div_stats(div_stats_path(run_logs), div_stats)
+        print(div_stats_summary(hp, div_stats), flush=True)
+        print(f"wrote {div_stats_path(run_logs)}", flush=True)
+    else:
+        encodings = encode(masks)
+        path = encodings_path(run_logs)
+        write_encodings(path, encodings)
+        print(f"wrote {path}: {len(encodings.file_names)} images, groups {sorted(encodings.groups)}", flush=True)

@@ -25,13 +25,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from efficient_vdvae_common.data import DataError
-from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder, write_encodings
+from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
-from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, div_stats_path, div_stats_summary,
-                                                    encodings_path, generated_image_name, generation_dir,
-                                                    image_stem, reconstruction_dir, temperature_folder_name)
+from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, div_stats_path, generated_image_name,
+                                                    image_stem, needs_variate_masks, run_mode,
+                                                    temperature_folder_name)
 from efficient_vdvae_common.temperatures import expand_temperature_settings
-from efficient_vdvae_common.variate_masks import load_div_stats, save_div_stats, variate_masks
+from efficient_vdvae_common.variate_masks import load_div_stats, variate_masks
 from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
@@ -40,10 +40,8 @@ from efficient_vdvae_jax.model.latent_layers import stats_to_std
 from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, sample_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.trainer import abstract_train_state, local_mesh
-from hparams import ConfigError
 from hparams.saved_run import logs_dir
 
-MODES = ("reconstruction", "generation", "div_stats", "encoding")
 SSIM_WINDOW = 11
 LN2 = float(np.log(2.0))
 
@@ -253,31 +251,14 @@ def encode(hp: Any, model: UniversalAutoEncoder, params: Any, masks: np.ndarray)
 
 def run_synthesis(hp: Any, root: str | Path = ".", posterior_temperature: float = 1.0) -> None:
     """Load run `hp.run.name` from `root` and run `synthesis.synthesis_mode`, printing a summary."""
-    mode = hp.synthesis.synthesis_mode
-    if mode not in MODES:
-        raise ConfigError(f"synthesis.synthesis_mode = {mode!r}: expected one of {MODES}")
-    needs_masks = mode == "encoding" or (mode == "reconstruction" and hp.synthesis.mask_reconstruction)
     run_logs = logs_dir(hp.run.name, root)
     model = UniversalAutoEncoder(hp)
     params = load_synthesis_params(hp, model, root)
     # Masks come before any output so that a missing div_stats leaves nothing half-written.
-    masks = load_variate_masks(hp, root) if needs_masks else None
-
-    if mode == "reconstruction":
-        metrics = reconstruct(hp, model, params, reconstruction_dir(run_logs), masks, posterior_temperature)
-        print(metrics.summary(), flush=True)
-    elif mode == "generation":
-        output_dir = generation_dir(run_logs)
-        folders = generate(hp, model, params, output_dir)
-        print(f"wrote {hp.synthesis.n_generation_batches * hp.synthesis.batch_size} images for each of "
-              f"{len(folders)} temperature settings under {output_dir}", flush=True)
-    elif mode == "div_stats":
-        div_stats = compute_div_stats(hp, model, params)
-        save_div_stats(div_stats_path(run_logs), div_stats)
-        print(div_stats_summary(hp, div_stats), flush=True)
-        print(f"wrote {div_stats_path(run_logs)}", flush=True)
-    else:
-        encodings = encode(hp, model, params, masks)
-        path = encodings_path(run_logs)
-        write_encodings(path, encodings)
-        print(f"wrote {path}: {len(encodings.file_names)} images, groups {sorted(encodings.groups)}", flush=True)
+    masks = load_variate_masks(hp, root) if needs_variate_masks(hp) else None
+    run_mode(hp, run_logs, masks,
+             reconstruct=lambda output_dir, masks: reconstruct(hp, model, params, output_dir, masks,
+                                                               posterior_temperature),
+             generate=lambda output_dir: generate(hp, model, params, output_dir),
+             compute_div_stats=lambda: compute_div_stats(hp, model, params),
+             encode=lambda masks: encode(hp, model, params, masks))

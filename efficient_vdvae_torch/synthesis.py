@@ -20,21 +20,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder, write_encodings
+from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.synthesis_files import (
     ReconstructionMetrics,
     div_stats_path,
-    div_stats_summary,
-    encodings_path,
     generated_image_name,
-    generation_dir,
     image_stem,
-    reconstruction_dir,
+    needs_variate_masks,
+    run_mode,
     temperature_folder_name,
 )
 from efficient_vdvae_common.temperatures import expand_temperature_settings
-from efficient_vdvae_common.variate_masks import load_div_stats, save_div_stats, variate_masks
+from efficient_vdvae_common.variate_masks import load_div_stats, variate_masks
 from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
 from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
@@ -44,7 +42,6 @@ from efficient_vdvae_torch.model.output_distribution import MNIST_CROP
 from efficient_vdvae_torch.model.ssim import ssim_per_image
 from hparams.saved_run import logs_dir
 
-MODES = ("reconstruction", "generation", "div_stats", "encoding")
 
 
 def default_device() -> torch.device:
@@ -202,33 +199,15 @@ def encode(hp: Any, model: UniversalAutoEncoder, device: torch.device, masks: np
 def run_synthesis(hp: Any, device: torch.device | None = None, root: str | Path = ".",
                   posterior_temperature: float = 1.0) -> None:
     """Load run `hp.run.name` from `root` and run `synthesis.synthesis_mode`, printing a summary."""
-    mode = hp.synthesis.synthesis_mode
-    if mode not in MODES:
-        raise ValueError(f"synthesis.synthesis_mode = {mode!r}: expected one of {MODES}")
     device = device or default_device()
     run_logs = logs_dir(hp.run.name, root)
     model = load_synthesis_model(hp, device, root)
     # Masks come before any output so that a missing div_stats leaves nothing half-written.
-    needs_masks = mode == "encoding" or (mode == "reconstruction" and hp.synthesis.mask_reconstruction)
-    masks = load_variate_masks(hp, model, root) if needs_masks else None
+    masks = load_variate_masks(hp, model, root) if needs_variate_masks(hp) else None
     seed_everything(hp.run.seed)
-
-    if mode == "reconstruction":
-        metrics = reconstruct(hp, model, device, reconstruction_dir(run_logs), masks,
-                              posterior_temperature)
-        print(metrics.summary(), flush=True)
-    elif mode == "generation":
-        output_dir = generation_dir(run_logs)
-        folders = generate(hp, model, device, output_dir)
-        print(f"wrote {hp.synthesis.n_generation_batches * hp.synthesis.batch_size} images for each of "
-              f"{len(folders)} temperature settings under {output_dir}", flush=True)
-    elif mode == "div_stats":
-        div_stats = compute_div_stats(hp, model, device)
-        save_div_stats(div_stats_path(run_logs), div_stats)
-        print(div_stats_summary(hp, div_stats), flush=True)
-        print(f"wrote {div_stats_path(run_logs)}", flush=True)
-    else:
-        encodings = encode(hp, model, device, masks)
-        path = encodings_path(run_logs)
-        write_encodings(path, encodings)
-        print(f"wrote {path}: {len(encodings.file_names)} images, groups {sorted(encodings.groups)}", flush=True)
+    run_mode(hp, run_logs, masks,
+             reconstruct=lambda output_dir, masks: reconstruct(hp, model, device, output_dir, masks,
+                                                               posterior_temperature),
+             generate=lambda output_dir: generate(hp, model, device, output_dir),
+             compute_div_stats=lambda: compute_div_stats(hp, model, device),
+             encode=lambda masks: encode(hp, model, device, masks))
