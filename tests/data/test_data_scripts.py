@@ -1,5 +1,6 @@
 """The data scripts: sample dataset, seeded split, CelebA crop, offline resize, --help."""
 import importlib.util
+import io
 import subprocess
 from pathlib import Path
 
@@ -68,20 +69,75 @@ def test_random_split_is_seeded_complete_and_flat(tmp_path, writers):
     assert not list((tmp_path / "in_x").rglob("*.png"))  # moved, not copied
 
 
-def test_celeba_preprocessing_crops_and_partitions(tmp_path):
+def _celeba_photos(tmp_path, seed=0):
+    """Four aligned-CelebA-sized JPEGs and their partition file (2 train, 1 val, 1 test)."""
     photos = tmp_path / "img_align_celeba"
     photos.mkdir()
-    photo = np.zeros((218, 178, 3), dtype=np.uint8)
-    photo[40:188, 15:163] = 90
+    rng = np.random.default_rng(seed)
     for i in range(1, 5):
+        photo = np.zeros((218, 178, 3), dtype=np.uint8)
+        photo[40:188, 15:163] = 90 + rng.integers(-20, 21, size=(148, 148, 3))  # textured: JPEG must lose something
         Image.fromarray(photo).save(photos / f"{i:06d}.jpg", quality=100)
     (tmp_path / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n000004.jpg 2\n")
-    _script("preprocess_celeba64").main([str(photos), str(tmp_path / "list_eval_partition.txt"),
-                                         str(tmp_path / "celebA"), "--workers", "1"])
-    assert sorted(p.name for p in (tmp_path / "celebA" / "train_data").iterdir()) == ["000001.png", "000002.png"]
-    assert [p.name for p in (tmp_path / "celebA" / "synthesis_data").iterdir()] == ["000004.png"]
-    cropped = np.asarray(Image.open(tmp_path / "celebA" / "val_data" / "000003.png"))
-    assert cropped.shape == (148, 148, 3) and abs(int(cropped.min()) - 90) <= 3 and abs(int(cropped.max()) - 90) <= 3
+    return photos, tmp_path / "list_eval_partition.txt"
+
+
+def test_celeba_preprocessing_crops_and_partitions(tmp_path):
+    photos, partition = _celeba_photos(tmp_path)
+    _script("preprocess_celeba64").main([str(photos), str(partition), str(tmp_path / "celebA"), "--workers", "1"])
+    assert sorted(p.name for p in (tmp_path / "celebA" / "train_data").iterdir()) == ["000001.jpg", "000002.jpg"]
+    assert [p.name for p in (tmp_path / "celebA" / "synthesis_data").iterdir()] == ["000004.jpg"]
+    cropped = np.asarray(Image.open(tmp_path / "celebA" / "val_data" / "000003.jpg"))
+    assert cropped.shape == (148, 148, 3) and abs(float(cropped.mean()) - 90) <= 2
+
+
+def test_item7_celeba_crops_are_jpeg_quality_75_420_by_default(tmp_path):
+    """Issue 9 item 7: the original's protocol (JPEG q75, 4:2:0), on which the published 1.83 bits/dim was measured."""
+    from PIL import JpegImagePlugin
+
+    photos, partition = _celeba_photos(tmp_path)
+    _script("preprocess_celeba64").main([str(photos), str(partition), str(tmp_path / "celebA"), "--workers", "1"])
+    with Image.open(photos / "000003.jpg") as photo:
+        crop = photo.convert("RGB").crop((15, 40, 163, 188))
+    reference = io.BytesIO()  # what Pillow writes for quality 75 (its libjpeg tables scaled for q75)
+    crop.save(reference, format="JPEG", quality=75)
+    with Image.open(reference) as expected, Image.open(tmp_path / "celebA" / "val_data" / "000003.jpg") as written:
+        assert written.format == "JPEG"
+        assert JpegImagePlugin.get_sampling(written) == 2  # Pillow's code for 4:2:0
+        assert written.quantization == expected.quantization
+        assert written.quantization != Image.open(_jpeg_bytes(crop, 95)).quantization  # the check can fail
+        pixels = np.asarray(written, dtype=np.int16)
+    lossless = np.asarray(crop, dtype=np.int16)
+    assert 0 < np.abs(pixels - lossless).mean() < 10  # lossy, but the same picture
+
+
+def _jpeg_bytes(image, quality):
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer
+
+
+def test_item7_celeba_lossless_png_flag_keeps_the_decoded_pixels(tmp_path):
+    photos, partition = _celeba_photos(tmp_path)
+    _script("preprocess_celeba64").main([str(photos), str(partition), str(tmp_path / "celebA"), "--workers", "1",
+                                         "--lossless-png"])
+    for name, folder in (("000001", "train_data"), ("000003", "val_data"), ("000004", "synthesis_data")):
+        with Image.open(tmp_path / "celebA" / folder / f"{name}.png") as written:
+            assert written.format == "PNG"
+            pixels = np.asarray(written)
+        expected = np.asarray(Image.open(photos / f"{name}.jpg").convert("RGB"))[40:188, 15:163]
+        np.testing.assert_array_equal(pixels, expected)
+    assert not list((tmp_path / "celebA").rglob("*.jpg"))
+
+
+def test_item7_celeba_refuses_to_mix_formats_in_one_folder(tmp_path, capsys):
+    photos, partition = _celeba_photos(tmp_path)
+    script = _script("preprocess_celeba64")
+    script.main([str(photos), str(partition), str(tmp_path / "celebA"), "--workers", "1", "--lossless-png"])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([str(photos), str(partition), str(tmp_path / "celebA"), "--workers", "1"])
+    assert exit_info.value.code == 2 and "already holds .png crops" in capsys.readouterr().err
+    assert not list((tmp_path / "celebA").rglob("*.jpg"))
 
 
 def test_bad_partition_line_is_named(tmp_path):
