@@ -4,6 +4,16 @@
 # (the paths of egs/*.cfg, seen from the implementation folders).
 # CIFAR-10 and binarized MNIST need no script: the loaders download them
 # (torchvision / tensorflow-datasets) on first use.
+
+# `sh download_and_preprocess.sh ...` (the original's usage) starts a POSIX sh
+# such as dash, which lacks pipefail, arrays and `local`: re-run under bash.
+if [ -z "${BASH_VERSION:-}" ]; then
+  if ! command -v bash >/dev/null 2>&1; then
+    echo "error: $0 needs bash, which is not installed" >&2
+    exit 2
+  fi
+  exec bash "$0" "$@"
+fi
 set -euo pipefail
 
 usage() {
@@ -21,13 +31,14 @@ Note: the ImageNet files are image-net.org's box-downsampled versions (as in the
 published Efficient-VDVAE table), not the 'small ImageNet' of VDVAE/NVAE; their
 likelihoods are not directly comparable.
 For the 256x256 configs, resize once with data_scripts/resize_images.py.
+Environment: DATASET_DUMPS and DATASETS override the two folders; PYTHON the interpreter.
 EOF
 }
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPTS="$REPO_ROOT/data_scripts"
-DUMPS="$REPO_ROOT/dataset_dumps"
-DATASETS="$REPO_ROOT/datasets"
+DUMPS="${DATASET_DUMPS:-$REPO_ROOT/dataset_dumps}"
+DATASETS="${DATASETS:-$REPO_ROOT/datasets}"
 PYTHON="${PYTHON:-$( [ -x "$REPO_ROOT/.venv/bin/python" ] && echo "$REPO_ROOT/.venv/bin/python" || echo python3 )}"
 
 fetch() {  # fetch URL FILE: download unless FILE is already there
@@ -50,13 +61,20 @@ unpack() {  # unpack ZIP: unzip into dataset_dumps/ (skipped when already unpack
   "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$1" "$DUMPS"
 }
 
-need_manual_file() {  # need_manual_file FILE URL
-  if [ ! -f "$DUMPS/$1" ]; then
-    echo "error: $DUMPS/$1 not found." >&2
-    echo "CelebA cannot be downloaded automatically (Google Drive). Download it by hand from" >&2
-    echo "  $2" >&2
-    echo "and put it at $DUMPS/$1, then run this script again." >&2
-    exit 1
+need_manual_files() {  # need_manual_files FILE URL [FILE URL]...: name every missing one, then stop
+  local missing=0
+  while [ $# -gt 0 ]; do
+    if [ ! -f "$DUMPS/$1" ]; then
+      [ $missing -eq 1 ] || echo "error: CelebA cannot be downloaded automatically (Google Drive)." >&2
+      missing=1
+      echo "  $DUMPS/$1 not found; download it by hand from" >&2
+      echo "    $2" >&2
+    fi
+    shift 2
+  done
+  if [ $missing -eq 1 ]; then
+    echo "Put the file(s) in $DUMPS, then run this script again." >&2
+    exit 2
   fi
 }
 
@@ -90,9 +108,9 @@ case "$1" in
   imagenet64)
     imagenet 64 Imagenet64_train_part1_npz Imagenet64_train_part2_npz Imagenet64_val_npz ;;
   celeba)
-    need_manual_file img_align_celeba.zip \
-      "https://drive.google.com/file/d/0B7EVK8r0v71pZjFTYXZWM3FlRnM/view?usp=sharing&resourcekey=0-dYn9z10tMJOBAkviAcfdyQ"
-    need_manual_file list_eval_partition.txt \
+    need_manual_files img_align_celeba.zip \
+      "https://drive.google.com/file/d/0B7EVK8r0v71pZjFTYXZWM3FlRnM/view?usp=sharing&resourcekey=0-dYn9z10tMJOBAkviAcfdyQ" \
+      list_eval_partition.txt \
       "https://drive.google.com/file/d/0B7EVK8r0v71pY0NSMzRuSXJEVkk/view?usp=sharing&resourcekey=0-i4TGCi_51OtQ5K9FSp4EDg"
     [ -d "$DUMPS/img_align_celeba" ] || unpack "$DUMPS/img_align_celeba.zip"
     "$PYTHON" "$SCRIPTS/preprocess_celeba64.py" "$DUMPS/img_align_celeba" "$DUMPS/list_eval_partition.txt" \

@@ -1,6 +1,8 @@
 """The data scripts: sample dataset, seeded split, CelebA crop, offline resize, --help."""
 import importlib.util
 import io
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,6 +34,37 @@ def test_download_script_help_and_unknown_dataset():
     result = subprocess.run(["bash", str(SCRIPTS / "download_and_preprocess.sh"), "mnist"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "unknown dataset 'mnist'" in result.stderr
+
+
+# /bin/sh is dash on Debian/Ubuntu; dash and bash are tried too where installed.
+SHELLS = ["sh"] + [name for name in ("dash", "bash") if shutil.which(name)]
+
+
+def _run_download_script(shell, tmp_path, *args):
+    env = dict(os.environ, DATASET_DUMPS=str(tmp_path / "dumps"), DATASETS=str(tmp_path / "datasets"))
+    return subprocess.run([shell, str(SCRIPTS / "download_and_preprocess.sh"), *args],
+                          capture_output=True, text=True, timeout=30, env=env)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_item8_download_script_under_sh_lists_the_valid_names(shell, tmp_path):
+    """Issue 9 item 8: `sh download_and_preprocess.sh <name>` (dash) re-runs itself under bash."""
+    result = _run_download_script(shell, tmp_path, "mnist")
+    assert result.returncode == 2, result.stderr
+    assert "unknown dataset 'mnist'" in result.stderr and "pipefail" not in result.stderr
+    assert "imagenet32|imagenet64|celeba|celebahq|ffhq" in result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_item8_download_script_under_sh_names_the_manual_celeba_files(shell, tmp_path):
+    result = _run_download_script(shell, tmp_path, "celeba")
+    assert result.returncode == 2, result.stderr
+    assert "img_align_celeba.zip" in result.stderr and "list_eval_partition.txt" in result.stderr
+    assert str(tmp_path / "dumps") in result.stderr and "drive.google.com" in result.stderr
+    (tmp_path / "dumps" / "img_align_celeba.zip").write_bytes(b"")  # one there: only the other is named
+    result = _run_download_script(shell, tmp_path, "celeba")
+    assert result.returncode == 2 and "list_eval_partition.txt not found" in result.stderr
+    assert "img_align_celeba.zip not found" not in result.stderr
 
 
 def test_sample_dataset_layout_and_determinism(tmp_path, make_config):
