@@ -29,8 +29,18 @@ def choose_validation(names: list[str], n_val: int, seed: int) -> set[str]:
     return {sorted(names)[i] for i in order[:n_val]}
 
 
+def refuse_existing_split(out_dir: Path) -> None:
+    """A second split into the same folder would merge two splits (images in both train and val)."""
+    for entry in ("train_data", "val_data", "val_files.txt"):
+        path = out_dir / entry
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            raise ValueError(f"{path} already exists: {out_dir} holds a split already; delete it (after moving its "
+                             f"images back into the input folder if they were moved) or choose another output folder")
+
+
 def split_folder(in_dir: Path, out_dir: Path, n_val: int, seed: int, copy: bool) -> tuple[int, int]:
     """Images anywhere below in_dir (e.g. FFHQ's folders of 1000) land flat in train_data/ or val_data/."""
+    refuse_existing_split(out_dir)
     paths = list_image_files(in_dir, what=str(in_dir))
     files = {path.name: path for path in paths}
     if len(files) != len(paths):

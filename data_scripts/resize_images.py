@@ -44,7 +44,19 @@ def resize_one(paths: tuple[Path, Path], resolution: int, mode: str, resample: i
         image.resize((resolution, resolution), resample=resample).save(target)
 
 
+def refuse_overlapping_folders(in_dir: Path, out_dir: Path) -> None:
+    """Writing into the input tree would overwrite originals (a.png -> a.png) or mix outputs into the inputs."""
+    source, target = in_dir.resolve(), out_dir.resolve()
+    if target == source or source in target.parents:
+        raise ValueError(f"output folder {out_dir} is {'the' if target == source else 'inside the'} input folder "
+                         f"{in_dir}: the originals would be overwritten or mixed with the resized images; "
+                         "choose a folder outside it")
+    if target in source.parents:
+        raise ValueError(f"output folder {out_dir} contains the input folder {in_dir}; choose a folder outside it")
+
+
 def resize_folder(in_dir: Path, out_dir: Path, resolution: int, mode: str, filter_name: str, workers: int) -> int:
+    refuse_overlapping_folders(in_dir, out_dir)
     files = list_image_files(in_dir, what=str(in_dir))
     tasks = [(f, (out_dir / f.relative_to(in_dir)).with_suffix(".png")) for f in files]
     work = partial(resize_one, resolution=resolution, mode=mode, resample=FILTERS[filter_name])

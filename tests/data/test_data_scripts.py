@@ -187,3 +187,60 @@ def test_offline_resize_matches_the_loaders_bilinear_resize(tmp_path, writers):
     out = tmp_path / "small" / "part1" / "img_001.png"
     expected = Image.fromarray(images[1]).resize((16, 16), Image.BILINEAR)
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+
+
+def _write_images(folder, count, writers, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(writers.random_images(count, 8, seed=seed)):
+        Image.fromarray(image).save(folder / f"{seed}_{i:03d}.png")
+
+
+def test_random_split_refuses_a_second_split_into_the_same_folder(tmp_path, writers, capsys):
+    """Issue 12 item 3: a second run would put images of one split into the other and overwrite val_files.txt."""
+    script = _script("random_split")
+    _write_images(tmp_path / "first", 6, writers, seed=0)
+    script.main([str(tmp_path / "first"), str(tmp_path / "out"), "2"])
+    before = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    _write_images(tmp_path / "second", 6, writers, seed=1)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main([str(tmp_path / "second"), str(tmp_path / "out"), "2", "--copy"])
+    assert exit_info.value.code == 2 and "holds a split already" in capsys.readouterr().err
+    after = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert after == before and len(list((tmp_path / "second").iterdir())) == 6  # nothing moved or rewritten
+
+
+def test_random_split_accepts_empty_split_folders(tmp_path, writers):
+    (tmp_path / "out" / "train_data").mkdir(parents=True)
+    _write_images(tmp_path / "in", 5, writers)
+    _script("random_split").main([str(tmp_path / "in"), str(tmp_path / "out"), "1"])
+    assert len(list((tmp_path / "out" / "train_data").iterdir())) == 4
+
+
+@pytest.mark.parametrize("out", [".", "small", "part1/small"])
+def test_resize_refuses_to_write_into_its_input_folder(tmp_path, writers, capsys, out):
+    """Issue 12 item 3: `resize_images.py SRC SRC` overwrote the originals in place."""
+    images = writers.random_images(2, 20, seed=4)
+    writers.write_png_folder(tmp_path / "big", images, nested=True)
+    before = {p: p.read_bytes() for p in (tmp_path / "big").rglob("*.png")}
+    with pytest.raises(SystemExit) as exit_info:
+        _script("resize_images").main([str(tmp_path / "big"), str(tmp_path / "big" / out), "--resolution", "8",
+                                       "--workers", "1"])
+    assert exit_info.value.code == 2 and "input folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tmp_path / "big").rglob("*.png")} == before
+
+
+def test_resize_refuses_an_output_folder_that_contains_the_input(tmp_path, writers, capsys):
+    writers.write_png_folder(tmp_path / "data" / "big", writers.random_images(1, 20), nested=False)
+    with pytest.raises(SystemExit) as exit_info:
+        _script("resize_images").main([str(tmp_path / "data" / "big"), str(tmp_path / "data"), "--resolution", "8",
+                                       "--workers", "1"])
+    assert exit_info.value.code == 2 and "contains the input folder" in capsys.readouterr().err
+
+
+def test_resize_refuses_its_input_folder_through_a_symlink(tmp_path, writers, capsys):
+    writers.write_png_folder(tmp_path / "big", writers.random_images(1, 20), nested=False)
+    (tmp_path / "alias").symlink_to(tmp_path / "big")
+    with pytest.raises(SystemExit) as exit_info:
+        _script("resize_images").main([str(tmp_path / "big"), str(tmp_path / "alias"), "--resolution", "8",
+                                       "--workers", "1"])
+    assert exit_info.value.code == 2
