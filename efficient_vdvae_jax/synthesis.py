@@ -106,15 +106,16 @@ def make_reconstruction_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     """
     no_ssim = is_binarized_mnist(hp) or hp.data.target_res < SSIM_WINDOW
 
-    def loss_of_one_image(x, logits, posterior, prior):
+    def loss_of_one_image(x, logits, posterior, prior, masks):
         add_batch = lambda tree: jax.tree.map(lambda a: a[None], tree)  # noqa: E731
-        return compute_loss(hp, x[None], logits[None], add_batch(posterior), add_batch(prior), None)
+        return compute_loss(hp, x[None], logits[None], add_batch(posterior), add_batch(prior), None,
+                            variate_masks=masks)
 
     def step(params, rng, x, masks, posterior_temperature):
         model_rng, output_rng = jax.random.split(rng)
         logits, posterior, prior = model.apply({"params": params}, model_rng, x, variate_masks=masks,
                                                posterior_temperature=posterior_temperature)
-        loss = jax.vmap(loss_of_one_image)(x, logits, posterior, prior)
+        loss = jax.vmap(loss_of_one_image, in_axes=(0, 0, 0, 0, None))(x, logits, posterior, prior, masks)
         outputs = sample_output(hp, output_rng, logits)
         if no_ssim:
             ssim = jnp.full(x.shape[:1], jnp.nan)
@@ -132,7 +133,8 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
     The metrics are those of evaluation (beta 1, no gamma balancing) with z
     sampled from the posterior as in training; `masks` replace masked-off
     variates by prior samples (temperature 1, noise independent of the
-    posterior's). `posterior_temperature=0` decodes the posterior means.
+    posterior's), whose KL then counts zero. `posterior_temperature=0` decodes
+    the posterior means.
     """
     output_dir = Path(output_dir)
     binarized = is_binarized_mnist(hp)

@@ -98,8 +98,8 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
 
     The metrics are those of evaluation (beta 1, no gamma balancing) with z
     sampled from the posterior as in training; `masks` replace masked-off
-    variates by prior samples (temperature 1, independent noise).
-    `posterior_temperature=0` decodes the posterior means instead.
+    variates by prior samples (temperature 1, independent noise), whose KL
+    then counts zero. `posterior_temperature=0` decodes the posterior means instead.
     """
     output_dir = Path(output_dir)
     dist = model.output_distribution
@@ -111,7 +111,7 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
         x = x.to(device)
         logits, posterior_stats, prior_stats = model(x, variate_masks=mask_list,
                                                      posterior_temperature=posterior_temperature)
-        loss = compute_loss(hp, x, logits, posterior_stats, prior_stats, step=None)
+        loss = compute_loss(hp, x, logits, posterior_stats, prior_stats, step=None, variate_masks=mask_list)
         outputs = model.sample_output(logits, hp.synthesis.output_temperature)
         batch = x.shape[0]
         # Batch means times batch size: an uneven last batch weighs what its images weigh.

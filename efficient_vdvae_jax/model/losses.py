@@ -124,8 +124,13 @@ def gaussian_kl(hp: Any, posterior: GaussianStats, prior: GaussianStats) -> jax.
 
 
 def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequence[GaussianStats],
-                 prior_stats: Sequence[GaussianStats], step: jax.Array | int | None) -> LossOutput:
+                 prior_stats: Sequence[GaussianStats], step: jax.Array | int | None,
+                 variate_masks: Sequence[jax.Array | None] | None = None) -> LossOutput:
     """The objective for a batch `x` (B, H, W, C); `step=None` is evaluation (beta 1, no gamma balancing).
+
+    `variate_masks` (inference): L masks of shape (variates,) in {0, 1}, or None
+    entries. A masked-off variate was drawn from the prior, so its KL term is
+    zero: the masks multiply the per-variate KL before any sum (SPEC section 8).
 
     Sums are normalised by the batch given; under jit with a batch sharded over
     devices that is the global batch, so data parallelism changes nothing.
@@ -140,6 +145,8 @@ def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequ
     recon_loss = jnp.sum(nll) / (batch * dims)
 
     kls = [gaussian_kl(hp, p, q) for p, q in zip(posterior_stats, prior_stats)]
+    if variate_masks is not None:
+        kls = [kl if mask is None else kl * jnp.asarray(mask, kl.dtype) for kl, mask in zip(kls, variate_masks)]
     kl_per_group = jnp.stack([jnp.sum(kl) for kl in kls]) / (batch * dims)
     avg_kl_nats = jnp.stack([jnp.mean(kl) for kl in kls])  # same-size examples: mean of means
     if step is None:

@@ -46,8 +46,13 @@ def _image_dims(x: torch.Tensor, dist: OutputDistribution) -> int:
 
 
 def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Sequence[LatentStats],
-                 prior_stats: Sequence[LatentStats], step: int | None) -> LossOutput:
+                 prior_stats: Sequence[LatentStats], step: int | None,
+                 variate_masks: Sequence | None = None) -> LossOutput:
     """The objective for a batch; `step=None` is evaluation (beta 1, no gamma balancing).
+
+    `variate_masks` (inference): L masks of shape (variates,) in {0, 1}, or None
+    entries. A masked-off variate was drawn from the prior, so its KL term is
+    zero: the masks multiply the per-variate KL before any sum (SPEC section 8).
 
     Sums are normalised by the local batch size: data-parallel gradient
     averaging then gives the gradient of the global-batch loss.
@@ -64,9 +69,12 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
     recon_loss = -log_prob.sum() / (batch * dims)
 
     kl_per_group, avg_kl_per_group = [], []
-    for post, prior in zip(posterior_stats, prior_stats, strict=True):
+    masks = [None] * len(posterior_stats) if variate_masks is None else variate_masks
+    for post, prior, mask in zip(posterior_stats, prior_stats, masks, strict=True):
         kl = kl_divergence((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
                            base, smoothing_beta)
+        if mask is not None:
+            kl = kl * torch.as_tensor(mask, dtype=kl.dtype, device=kl.device).view(1, -1, 1, 1)
         kl_per_group.append(kl.sum() / (batch * dims))
         avg_kl_per_group.append(kl.mean() / LN2)
     kl_per_group = torch.stack(kl_per_group)
