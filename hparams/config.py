@@ -5,7 +5,7 @@ import copy
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import ConfigError, MissingKeyError
+from .errors import ConfigError, MissingKeyError, short_repr, shorten
 from .evaluator import UnsafeExpressionError, evaluate_value
 from .reader import ParsedFile, read_file
 from .schema import REQUIRED, SCHEMA, check_value
@@ -82,11 +82,13 @@ def parse_override(text: str) -> tuple[str, str, str]:
     target, sep, value = text.partition("=")
     section, dot, key = target.strip().partition(".")
     if not sep or not dot or not section or not key or not value.strip():
-        raise ConfigError(f"override {text!r}: expected section.key=value")
+        raise ConfigError(f"override {short_repr(text)}: expected section.key=value")
     if section not in SCHEMA:
-        raise ConfigError(f"override {text!r}: unknown section [{section}] (sections: {', '.join(SCHEMA)})")
+        raise ConfigError(
+            f"override {short_repr(text)}: unknown section [{shorten(section)}] (sections: {', '.join(SCHEMA)})"
+        )
     if key not in SCHEMA[section]:
-        raise ConfigError(f"override {text!r}: unknown key {key!r} in [{section}]")
+        raise ConfigError(f"override {short_repr(text)}: unknown key {short_repr(key)} in [{section}]")
     return section, key, value.strip()
 
 
@@ -94,9 +96,11 @@ def evaluate_entry(section: str, key: str, text: str, where: str) -> Any:
     """Evaluate one value's text; errors name the file, section, key and text."""
     try:
         value = evaluate_value(text)
-    except (UnsafeExpressionError, SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError) as error:
+    except (UnsafeExpressionError, SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError,
+            RecursionError) as error:
         reason = error.msg if isinstance(error, SyntaxError) else str(error)
-        raise ConfigError(f"{where}: [{section}] {key} = {text}: {reason}") from None
+        # Python's own messages may quote the value (`int('9' * 4000 + 'x')`): keep both short.
+        raise ConfigError(f"{where}: [{section}] {key} = {shorten(text)}: {shorten(reason)}") from None
     if section == "run" and key == "name":
         # The original kept quotes in names and made `logs-'x'`; a name is
         # always a string, whatever way it was written.
@@ -116,7 +120,7 @@ def raw_values(parsed: ParsedFile, overrides: Iterable[str] = ()) -> dict[tuple[
             raw[(section, key)] = (entry.text, f"{parsed.source}:{entry.first_line + 1}")
     for override in overrides:
         section, key, text = parse_override(override)
-        raw[(section, key)] = (text, f"override {override!r}")
+        raw[(section, key)] = (text, f"override {short_repr(override)}")
     return raw
 
 

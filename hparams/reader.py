@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 _SECTION = re.compile(r"^\[\s*([^\]]+?)\s*\]\s*$")
 _ENTRY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*[=:]\s*(.*)$")
@@ -58,7 +58,7 @@ def parse_text(text: str, source: str = "<string>") -> ParsedFile:
             continue
         if line[0].isspace():
             if entry is None:
-                raise ConfigError(f"{source}:{number + 1}: indented line continues no entry: {stripped!r}")
+                raise ConfigError(f"{source}:{number + 1}: indented line continues no entry: {short_repr(stripped)}")
             entry.text += " " + stripped
             entry.last_line = number
             parsed.section_end[section] = number
@@ -74,7 +74,7 @@ def parse_text(text: str, source: str = "<string>") -> ParsedFile:
             continue
         match = _ENTRY.match(line)
         if match is None:
-            raise ConfigError(f"{source}:{number + 1}: expected `key = value` or `[section]`, got {stripped!r}")
+            raise ConfigError(f"{source}:{number + 1}: expected `key = value` or `[section]`, got {short_repr(stripped)}")
         if section is None:
             raise ConfigError(f"{source}:{number + 1}: entry {match.group(1)!r} comes before any [section]")
         key = match.group(1)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .config import Config, build_config, evaluate_entry, parse_override
-from .errors import ConfigError
+from .errors import ConfigError, short_repr, shorten
 from .formatting import format_value
 from .reader import ParsedFile, read_file, rewrite
 from .schema import FROZEN_IN_SAVED_RUN, SCHEMA
@@ -61,7 +61,7 @@ def run_name(path: str | Path, overrides: Iterable[str] = ()) -> str:
     for override in overrides:
         section, key, value = parse_override(override)
         if (section, key) == ("run", "name"):
-            text, where = value, f"override {override!r}"
+            text, where = value, f"override {short_repr(override)}"
     if text is None:
         raise ConfigError(f"{parsed.source}: [run] name is missing")
     name = evaluate_entry("run", "name", text, where)
@@ -112,12 +112,12 @@ def _refuse_frozen_changes(parsed: ParsedFile, overrides: tuple[str, ...], saved
         section, key, text = parse_override(override)
         if (section, key) not in FROZEN_IN_SAVED_RUN:
             continue
-        wanted = evaluate_entry(section, key, text, f"override {override!r}")
+        wanted = evaluate_entry(section, key, text, f"override {short_repr(override)}")
         current = getattr(getattr(saved_config, section), key)
         if wanted != current:
             raise ConfigError(
-                f"override {override!r}: [{section}] {key} of a saved run cannot change "
-                f"(it was trained with {current!r}; see {saved}); use a new run.name instead"
+                f"override {short_repr(override)}: [{section}] {key} of a saved run cannot change "
+                f"(it was trained with {short_repr(current)}; see {saved}); use a new run.name instead"
             )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 REQUIRED = object()
 
@@ -171,10 +171,10 @@ def check_value(section: str, key: str, value: Any) -> Any:
     try:
         value = _CHECKERS[spec.kind](value)
     except _Invalid as problem:
-        raise ConfigError(f"[{section}] {key} = {value!r}: {problem}") from None
+        raise ConfigError(f"[{section}] {key} = {short_repr(value)}: {problem}") from None
     if spec.choices is not None and value not in spec.choices:
         allowed = ", ".join(repr(choice) for choice in spec.choices)
-        raise ConfigError(f"[{section}] {key} = {value!r}: must be one of {allowed}")
+        raise ConfigError(f"[{section}] {key} = {short_repr(value)}: must be one of {allowed}")
     return value
 
 
@@ -248,7 +248,7 @@ def _list_of(check):
             try:
                 checked.append(check(element))
             except _Invalid as problem:
-                raise _Invalid(f"entry {index} ({element!r}): {problem}") from None
+                raise _Invalid(f"entry {index} ({short_repr(element)}): {problem}") from None
         return checked
 
     return check_list

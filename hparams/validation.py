@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 UP_LISTS = (
     "up_strides",
@@ -38,7 +38,7 @@ def validate(get: Callable[[str, str], Any]) -> None:
 
 
 def _fail(section: str, key: str, value: Any, problem: str) -> None:
-    raise ConfigError(f"[{section}] {key} = {value!r}: {problem}")
+    raise ConfigError(f"[{section}] {key} = {short_repr(value)}: {problem}")
 
 
 def _check_architecture(model: Callable[[str], Any], get: Callable[[str, str], Any]) -> None:
@@ -50,25 +50,25 @@ def _check_architecture(model: Callable[[str], Any], get: Callable[[str, str], A
 
     up_strides, down_strides = model("up_strides"), model("down_strides")
     if up_strides != down_strides[::-1]:
-        _fail("model", "down_strides", down_strides, f"must be up_strides reversed ({up_strides[::-1]!r})")
+        _fail("model", "down_strides", down_strides, f"must be up_strides reversed ({short_repr(up_strides[::-1])})")
     total_stride = math.prod(up_strides)
     target_res = get("data", "target_res")
     if target_res % total_stride != 0:
-        _fail("data", "target_res", target_res, f"must be divisible by prod(up_strides) = {total_stride}")
+        _fail("data", "target_res", target_res, f"must be divisible by prod(up_strides) = {short_repr(total_stride)}")
 
     # Widths change only where the resolution changes.
     in_channels = model("input_conv_filters")
     for i, (stride, filters) in enumerate(zip(up_strides, model("up_filters"))):
         if stride == 1 and filters != in_channels:
             _fail("model", "up_filters", model("up_filters"),
-                  f"entry {i} is {filters} but a stride-1 level keeps its input width {in_channels}")
+                  f"entry {i} is {short_repr(filters)} but a stride-1 level keeps its input width {short_repr(in_channels)}")
         in_channels = filters
     down_filters = model("down_filters")
     in_channels = down_filters[0]
     for i, (stride, filters) in enumerate(zip(down_strides, down_filters)):
         if stride == 1 and filters != in_channels:
             _fail("model", "down_filters", down_filters,
-                  f"entry {i} is {filters} but a stride-1 level keeps its input width {in_channels}")
+                  f"entry {i} is {short_repr(filters)} but a stride-1 level keeps its input width {short_repr(in_channels)}")
         in_channels = filters
 
     # The posterior cell halves (f + skip) channels into a layer expecting f.
@@ -76,7 +76,7 @@ def _check_architecture(model: Callable[[str], Any], get: Callable[[str, str], A
     for i, (skip, filters) in enumerate(zip(skips, down_filters)):
         if skip != filters:
             _fail("model", "up_skip_filters", model("up_skip_filters"),
-                  f"reversed, entry {i} is {skip} but down_filters[{i}] is {filters}; they must match")
+                  f"reversed, entry {i} is {short_repr(skip)} but down_filters[{i}] is {short_repr(filters)}; they must match")
 
 
 def _check_data(get: Callable[[str, str], Any]) -> None:
@@ -96,7 +96,7 @@ def _check_schedules(get: Callable[[str, str], Any]) -> None:
     if get("optimizer", "learning_rate_scheme") == "cosine":
         warmup, decay_start = get("optimizer", "warmup_steps"), get("optimizer", "decay_start")
         if warmup > decay_start:
-            _fail("optimizer", "warmup_steps", warmup, f"must not exceed decay_start ({decay_start}) for the cosine schedule")
+            _fail("optimizer", "warmup_steps", warmup, f"must not exceed decay_start ({short_repr(decay_start)}) for the cosine schedule")
     if get("optimizer", "min_learning_rate") > get("optimizer", "learning_rate"):
         _fail("optimizer", "min_learning_rate", get("optimizer", "min_learning_rate"),
               "must not exceed learning_rate")
