@@ -6,6 +6,7 @@ one of them is an error, so a typo never silently falls back to a value.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,7 +148,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "div_stats_subset_ratio": Key("fraction"),
         "n_generation_batches": Key("positive_int"),
         "temperature_settings": Key("temperature_settings"),
-        "output_temperature": Key("non_negative_float"),
+        "output_temperature": Key("temperature"),
         "batch_size": Key("positive_int"),
     },
 }
@@ -214,7 +215,21 @@ def _as_int(value: Any) -> int:
 def _as_float(value: Any) -> float:
     if not _is_number(value):
         raise _Invalid("expected a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Invalid("expected a finite number (this one is too large for a float)") from None
+    # inf and nan (and 1e400, which reads as inf) would only surface as NaN losses or images.
+    if not math.isfinite(number):
+        raise _Invalid("expected a finite number (not inf or nan)")
+    return number
+
+
+def _as_temperature(value: Any) -> float:
+    number = _as_float(value)
+    if number < 0:
+        raise _Invalid("expected a non-negative temperature")
+    return number
 
 
 def _bounded(convert, low=None, high=None, low_open=False, description=""):
@@ -261,13 +276,13 @@ def _as_temperature_settings(value: Any) -> list:
 
     def check_entry(entry: Any):
         if _is_number(entry):
-            return float(entry)
+            return _as_temperature(entry)
         if isinstance(entry, tuple):
             if len(entry) == 3 and entry[0] == "linear" and _is_number(entry[1]) and _is_number(entry[2]):
-                return ("linear", float(entry[1]), float(entry[2]))
+                return ("linear", _as_temperature(entry[1]), _as_temperature(entry[2]))
             raise _Invalid("a tuple entry must be ('linear', start, end)")
         if isinstance(entry, list) and entry and all(_is_number(t) for t in entry):
-            return [float(t) for t in entry]
+            return [_as_temperature(t) for t in entry]
         raise _Invalid("expected a number, a list of numbers or ('linear', start, end)")
 
     return _list_of(check_entry)(value)
@@ -295,4 +310,5 @@ _CHECKERS = {
     "list_positive_float": _list_of(_positive_float),
     "list_kernel": _list_of(_as_kernel),
     "temperature_settings": _as_temperature_settings,
+    "temperature": _as_temperature,
 }

@@ -12,29 +12,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficient_vdvae_common.padding import as_pair, same_padding_pairs
+
 KernelSize = Union[int, tuple[int, int], list[int]]
 
 
-def as_pair(kernel_size: KernelSize) -> tuple[int, int]:
-    """An int kernel size `k` means (k, k)."""
-    if isinstance(kernel_size, int):
-        return (kernel_size, kernel_size)
-    kh, kw = kernel_size
-    return (int(kh), int(kw))
+def same_padding(kernel_size: KernelSize, stride: int, odd_pixel_first: bool = True
+                 ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)): `k - s` per axis, an odd total's extra pixel on the
+    top/left (the PyTorch original's Conv2d) or, with `odd_pixel_first=False`, bottom/right.
 
-
-def same_padding(kernel_size: KernelSize, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Total padding `k - s` per axis, the odd pixel on the bottom/right (TF/JAX convention).
-
-    flax's 'SAME' only equals this when the size divides by the stride, so pad explicitly.
+    flax's 'SAME' always puts it bottom/right and depends on the input size, so pad explicitly.
     """
-    pads = []
-    for k in as_pair(kernel_size):
-        total = k - stride
-        if total < 0:
-            raise ValueError(f"kernel size {k} is smaller than stride {stride}")
-        pads.append((total // 2, total - total // 2))
-    return tuple(pads)
+    return same_padding_pairs(kernel_size, stride, odd_pixel_first)
 
 
 def scaled_glorot_uniform(scale: float) -> nn.initializers.Initializer:
@@ -48,16 +38,17 @@ def scaled_glorot_uniform(scale: float) -> nn.initializers.Initializer:
 
 
 def conv2d(features: int, kernel_size: KernelSize, stride: int = 1, init_scale: float = 1.0,
-           dtype: Any = None, name: str | None = None) -> nn.Conv:
+           dtype: Any = None, name: str | None = None, odd_pixel_first: bool = True) -> nn.Conv:
     """A 'same'-padded convolution with Glorot weights (times `init_scale`) and zero biases.
 
     `dtype`: the computation dtype (bfloat16 for mixed precision); parameters stay float32.
+    `odd_pixel_first`: see `same_padding`.
     """
     return nn.Conv(
         features=features,
         kernel_size=as_pair(kernel_size),
         strides=(stride, stride),
-        padding=same_padding(kernel_size, stride),
+        padding=same_padding(kernel_size, stride, odd_pixel_first),
         kernel_init=scaled_glorot_uniform(init_scale),
         bias_init=nn.initializers.zeros,
         dtype=dtype,
@@ -87,7 +78,8 @@ class ResidualConvCell(nn.Module):
         mid = int(self.in_filters * self.mid_ratio)
         out = int(self.in_filters * self.out_ratio)
         edge_kernel = 1 if self.use_1x1_conv else self.kernel_size
-        h = conv2d(mid, edge_kernel, dtype=self.dtype, name="convs_1")(nn.silu(x))
+        # The PyTorch original built this first conv with torch's padding='same' (odd pixel last).
+        h = conv2d(mid, edge_kernel, dtype=self.dtype, name="convs_1", odd_pixel_first=False)(nn.silu(x))
         for i in range(self.n_layers):
             h = conv2d(mid, self.kernel_size, dtype=self.dtype, name=f"convs_{2 * i + 3}")(nn.silu(h))
         h = conv2d(out, edge_kernel, init_scale=self.init_scale, dtype=self.dtype,

@@ -1,4 +1,4 @@
-"""Convolution with TF-style "same" padding and Glorot init (SPEC.md section 2)."""
+"""Convolution with the PyTorch original's "same" padding and Glorot init (SPEC.md section 2)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,41 +7,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from efficient_vdvae_common.padding import as_pair as _pair
+from efficient_vdvae_common.padding import same_padding_pairs
+
 IntPair = int | Sequence[int]
 
 
-def _pair(value: IntPair) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"expected an int or a pair of ints, got {value!r}")
-    return pair
+def same_padding(kernel_size: IntPair, stride: IntPair, odd_pixel_first: bool = True
+                 ) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding, as F.pad takes it: `k - s` per axis.
 
-
-def same_padding(kernel_size: IntPair, stride: IntPair) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) padding whose total per axis is `k - s`.
-
-    An odd total puts the extra pixel on the right/bottom, as TensorFlow and
-    JAX do, so that both frameworks see the same windows.
+    An odd total puts the extra pixel on the left/top (the original's Conv2d),
+    or on the right/bottom with `odd_pixel_first=False` (torch's `padding='same'`).
     """
-    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
-    if kh < sh or kw < sw:
-        raise ValueError(f"kernel {(kh, kw)} smaller than stride {(sh, sw)} is not supported")
-    total_h, total_w = kh - sh, kw - sw
-    return total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2
+    (top, bottom), (left, right) = same_padding_pairs(kernel_size, stride, odd_pixel_first)
+    return left, right, top, bottom
 
 
 class Conv2d(nn.Conv2d):
-    """Conv2d with TF-style "same" padding and Glorot-uniform weights, zero bias.
+    """Conv2d with "same" padding and Glorot-uniform weights, zero bias.
 
     `default_init=True` keeps PyTorch's own initialisation, which the original
-    used for the first conv of every ResidualConvCell.
+    used for the first conv of every ResidualConvCell. `odd_pixel_first=False`
+    pads an odd total after the data, as that conv's `padding='same'` did.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
-                 stride: IntPair = 1, default_init: bool = False):
-        left, right, top, bottom = same_padding(kernel_size, stride)
+                 stride: IntPair = 1, default_init: bool = False, odd_pixel_first: bool = True):
+        left, right, top, bottom = same_padding(kernel_size, stride, odd_pixel_first)
         symmetric = left == right and top == bottom
         super().__init__(in_channels, out_channels, _pair(kernel_size), _pair(stride),
                          padding=(top, left) if symmetric else 0)

@@ -35,7 +35,9 @@ class ResidualConvCell(nn.Module):
         out_filters = int(in_filters * output_ratio)
         outer_kernel = 1 if use_1x1 else kernel_size
 
-        layers: list[nn.Module] = [nn.SiLU(), Conv2d(in_filters, mid_filters, outer_kernel, default_init=True)]
+        # The original built this first conv with torch's own init and padding='same'.
+        layers: list[nn.Module] = [nn.SiLU(), Conv2d(in_filters, mid_filters, outer_kernel, default_init=True,
+                                                     odd_pixel_first=False)]
         for _ in range(n_layers):
             layers += [nn.SiLU(), Conv2d(mid_filters, mid_filters, kernel_size)]
         layers += [nn.SiLU(), Conv2d(mid_filters, out_filters, outer_kernel)]

@@ -13,19 +13,29 @@ from tests.jax.helpers import load_reference_config, load_tiny_config
 
 
 @pytest.mark.parametrize("kernel, stride, expected", [
-    (3, 1, ((1, 1), (1, 1))), (2, 1, ((0, 1), (0, 1))), ((1, 4), 1, ((0, 0), (1, 2))),
-    (4, 2, ((1, 1), (1, 1))), (5, 2, ((1, 2), (1, 2))), (2, 2, ((0, 0), (0, 0)))])
-def test_same_padding_puts_the_odd_pixel_bottom_right(kernel, stride, expected):
+    (3, 1, ((1, 1), (1, 1))), (2, 1, ((1, 0), (1, 0))), ((1, 4), 1, ((0, 0), (2, 1))),
+    (4, 2, ((1, 1), (1, 1))), (5, 2, ((2, 1), (2, 1))), (2, 2, ((0, 0), (0, 0)))])
+def test_same_padding_puts_the_odd_pixel_top_left(kernel, stride, expected):
     assert same_padding(kernel, stride) == expected
 
 
-@pytest.mark.parametrize("kernel, stride", [(3, 1), (2, 1), (4, 2), (3, 2)])
-def test_conv_equals_xla_same_padding_when_the_size_divides(kernel, stride):
-    """XLA's 'SAME' is the TF rule; it agrees with k - s whenever the size divides by the stride."""
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (4, 2), (2, 2)])
+def test_conv_equals_xla_same_padding_when_the_total_is_even(kernel, stride):
+    """XLA's 'SAME' agrees with k - s whenever the total is even and the size divides by the stride."""
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 2))
     conv = conv2d(3, kernel, stride=stride)
     params = conv.init(jax.random.PRNGKey(1), x)
     expected = jax.lax.conv_general_dilated(x, params["params"]["kernel"], (stride, stride), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv.apply(params, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_odd_pixel_last_equals_xla_same_padding():
+    """odd_pixel_first=False is XLA's (and the JAX original's) 'SAME' at stride 1."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 7, 8, 2))
+    conv = conv2d(3, (2, 4), odd_pixel_first=False)
+    params = conv.init(jax.random.PRNGKey(1), x)
+    expected = jax.lax.conv_general_dilated(x, params["params"]["kernel"], (1, 1), "SAME",
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(conv.apply(params, x), expected, rtol=1e-5, atol=1e-6)
 

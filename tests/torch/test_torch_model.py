@@ -24,28 +24,25 @@ def model(reference_config):
     return UniversalAutoEncoder(reference_config).eval()
 
 
-def test_same_padding_puts_the_odd_pixel_right_and_bottom():
+def test_same_padding_puts_the_odd_pixel_left_and_top():
     assert same_padding(3, 1) == (1, 1, 1, 1)
-    assert same_padding((2, 4), 1) == (1, 2, 0, 1)
+    assert same_padding((2, 4), 1) == (2, 1, 1, 0)
+    assert same_padding((2, 4), 1, odd_pixel_first=False) == (1, 2, 0, 1)
     assert same_padding(4, 4) == (0, 0, 0, 0)
-    assert same_padding(3, 2) == (0, 1, 0, 1)
 
 
-def test_even_kernel_conv_sees_the_next_pixel():
-    conv = Conv2d(1, 1, (1, 2))
-    with torch.no_grad():
-        conv.weight.copy_(torch.tensor([[[[1.0, 2.0]]]]))
-        conv.bias.zero_()
-    x = torch.tensor([[[[1.0, 10.0, 100.0]]]])
-    # out[i] = x[i] + 2 * x[i + 1], zero beyond the right edge.
-    torch.testing.assert_close(conv(x), torch.tensor([[[[21.0, 210.0, 100.0]]]]))
+def test_cell_first_conv_pads_like_torch_same():
+    """The original's first cell conv was nn.Conv2d(padding='same'): compare with that directly."""
+    conv = Conv2d(2, 3, (2, 4), odd_pixel_first=False)
+    x = torch.randn(1, 2, 5, 6)
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding="same"))
 
 
-def test_strided_conv_uses_tensorflow_windows():
+def test_strided_conv_pads_k_minus_s_odd_pixel_first():
     conv = Conv2d(1, 1, 3, stride=2)
     x = torch.randn(1, 1, 6, 6)
-    # TF "same" for k=3, s=2 on 6 pixels pads one pixel at the bottom/right only.
-    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, conv.bias, stride=2)
+    # k - s = 1: the original's rule pads one pixel at the top/left only.
+    expected = F.conv2d(F.pad(x, (1, 0, 1, 0)), conv.weight, conv.bias, stride=2)
     torch.testing.assert_close(conv(x), expected)
     assert conv(x).shape == (1, 1, 3, 3)
 
