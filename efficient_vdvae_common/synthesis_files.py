@@ -4,7 +4,8 @@ Everything lives in the run's `logs-<name>/` folder:
 
 - `synthesis-images/reconstructed/<image stem>.png` (and `<stem>-target.png`),
 - `synthesis-images/generated/<NN>_<setting>/image-0000.png`, ...,
-- `div_stats.npy`,
+- `latents/div_stats.npy` (the originals' location; earlier versions of this
+  project wrote `div_stats.npy` directly in `logs-<name>/`, still read),
 - `latents/encodings.npz`.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from efficient_vdvae_common.data.readers import IMAGE_EXTENSIONS
 from efficient_vdvae_common.encodings import ENCODINGS_FILENAME, Encodings, write_encodings
-from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, save_div_stats, variate_masks
+from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, load_div_stats, save_div_stats, variate_masks
 
 
 def reconstruction_dir(run_logs: str | Path) -> Path:
@@ -28,12 +29,35 @@ def generation_dir(run_logs: str | Path) -> Path:
     return Path(run_logs) / "synthesis-images" / "generated"
 
 
+def latents_dir(run_logs: str | Path) -> Path:
+    return Path(run_logs) / "latents"
+
+
 def div_stats_path(run_logs: str | Path) -> Path:
+    """Where div_stats is written: `logs-<name>/latents/div_stats.npy`, as in the originals."""
+    return latents_dir(run_logs) / DIV_STATS_FILENAME
+
+
+def legacy_div_stats_path(run_logs: str | Path) -> Path:
+    """Where earlier versions of this project wrote div_stats (`logs-<name>/div_stats.npy`)."""
     return Path(run_logs) / DIV_STATS_FILENAME
 
 
+def load_run_div_stats(run_logs: str | Path, num_groups: int, num_variates: int) -> np.ndarray:
+    """The run's div_stats from `latents/div_stats.npy`, else from the earlier location (with a note).
+
+    A missing file raises DivStatsError naming the current location.
+    """
+    path, legacy = div_stats_path(run_logs), legacy_div_stats_path(run_logs)
+    if not path.is_file() and legacy.is_file():
+        print(f"note: reading div_stats from {legacy} (an earlier version's location; "
+              f"div_stats mode now writes {path})", flush=True)
+        path = legacy
+    return load_div_stats(path, num_groups, num_variates)
+
+
 def encodings_path(run_logs: str | Path) -> Path:
-    return Path(run_logs) / "latents" / ENCODINGS_FILENAME
+    return latents_dir(run_logs) / ENCODINGS_FILENAME
 
 
 def image_stem(name: str) -> str:

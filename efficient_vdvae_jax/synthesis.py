@@ -27,11 +27,11 @@ from tqdm import tqdm
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
-from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, div_stats_path, generated_image_name,
-                                                    image_stem, needs_variate_masks, run_mode,
+from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
+                                                    load_run_div_stats, needs_variate_masks, run_mode,
                                                     temperature_folder_name)
 from efficient_vdvae_common.temperatures import expand_temperature_settings
-from efficient_vdvae_common.variate_masks import load_div_stats, variate_masks
+from efficient_vdvae_common.variate_masks import variate_masks
 from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
@@ -69,8 +69,8 @@ def load_synthesis_params(hp: Any, model: UniversalAutoEncoder, root: str | Path
 
 def load_variate_masks(hp: Any, root: str | Path = ".") -> np.ndarray:
     """(L, variates) boolean masks from the run's div_stats.npy (SPEC section 8)."""
-    div_stats = load_div_stats(div_stats_path(logs_dir(hp.run.name, root)), num_latent_groups(hp),
-                               hp.model.down_latent_variates[0])
+    div_stats = load_run_div_stats(logs_dir(hp.run.name, root), num_latent_groups(hp),
+                                   hp.model.down_latent_variates[0])
     return variate_masks(div_stats, hp.synthesis.variate_masks_quantile)
 
 

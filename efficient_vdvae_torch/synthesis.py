@@ -7,7 +7,7 @@ synthesize.py is the command-line entry around it.
 
 Outputs live in the run's `logs-<name>/` folder (relative to the working
 directory, like training): `synthesis-images/reconstructed/`,
-`synthesis-images/generated/<setting>/`, `div_stats.npy`,
+`synthesis-images/generated/<setting>/`, `latents/div_stats.npy`,
 `latents/encodings.npz`.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.synthesis_files import (
     ReconstructionMetrics,
-    div_stats_path,
+    load_run_div_stats,
     generated_image_name,
     image_stem,
     needs_variate_masks,
@@ -32,7 +32,7 @@ from efficient_vdvae_common.synthesis_files import (
     temperature_folder_name,
 )
 from efficient_vdvae_common.temperatures import expand_temperature_settings
-from efficient_vdvae_common.variate_masks import load_div_stats, variate_masks
+from efficient_vdvae_common.variate_masks import variate_masks
 from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
 from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
@@ -76,8 +76,7 @@ def load_synthesis_model(hp: Any, device: torch.device, root: str | Path = ".") 
 
 def load_variate_masks(hp: Any, model: UniversalAutoEncoder, root: str | Path = ".") -> np.ndarray:
     """(L, variates) boolean masks from the run's div_stats.npy (SPEC section 8)."""
-    div_stats = load_div_stats(div_stats_path(logs_dir(hp.run.name, root)), model.num_groups,
-                               hp.model.down_latent_variates[0])
+    div_stats = load_run_div_stats(logs_dir(hp.run.name, root), model.num_groups, hp.model.down_latent_variates[0])
     return variate_masks(div_stats, hp.synthesis.variate_masks_quantile)
 
 

@@ -13,7 +13,8 @@ selects the mode:
 - generation: prior samples per temperature setting under
   logs-<name>/synthesis-images/generated/<setting>/;
 - div_stats: per-variate KL over a subset of the train set, written to
-  logs-<name>/div_stats.npy;
+  logs-<name>/latents/div_stats.npy (an older logs-<name>/div_stats.npy is
+  still read);
 - encoding: posteriors of the active variates of every train image, written
   to logs-<name>/latents/encodings.npz (needs div_stats first).
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.distributed
 
 from efficient_vdvae_torch.model.latent_layers import LatentStats, check_distribution_base
 from efficient_vdvae_torch.model.output_distribution import (MNIST_PIXELS, OutputDistribution, bernoulli_log_prob,
@@ -39,6 +40,23 @@ def kl_divergence(posterior: LatentStats, prior: LatentStats, base: str, smoothi
         ratio = torch.exp(smoothing_beta * posterior[1]) * inv_prior_std
     delta = (posterior[0] - prior[0]) * inv_prior_std
     return 0.5 * (delta * delta + ratio * ratio) - 0.5 - torch.log(ratio)
+
+
+def global_batch_mean(batch_means: torch.Tensor, batch: int) -> torch.Tensor:
+    """Detached per-rank batch means -> means over the global batch (all data-parallel ranks).
+
+    Gamma's weights must not depend on how the batch is split, or data-parallel
+    gradients would differ from one process's (SPEC section 5): each rank's
+    means are weighted by its batch size, summed over ranks, divided by the total.
+    A no-op in a single process.
+    """
+    means = batch_means.detach()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1):
+        return means
+    sums = torch.cat([means.double() * batch, means.new_full((1,), float(batch), dtype=torch.float64)])
+    torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
+    return (sums[:-1] / sums[-1]).to(means.dtype)
 
 
 def _image_dims(x: torch.Tensor, dist: OutputDistribution) -> int:
@@ -82,7 +100,7 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
 
     if use_gamma(hp, step):
         balance = avg_kl_per_group * LN2 if hp.loss.scaled_gamma else kl_per_group
-        kl_loss = torch.sum(gamma_weights(balance) * kl_per_group)
+        kl_loss = torch.sum(gamma_weights(global_batch_mean(balance, batch)) * kl_per_group)
     else:
         kl_loss = kl_per_group.sum()
     beta = 1.0 if step is None else kl_beta(hp, step)

@@ -109,7 +109,10 @@ def test_div_stats(jax_run, monkeypatch, capsys):
                                        "synthesis.synthesis_mode=div_stats")
     assert code == 0, stderr
     assert re.search(r"div_stats \(3 groups x 4 variates\): \d/3 active groups", stdout)
-    div_stats = np.load(jax_run.logs / "div_stats.npy", allow_pickle=False)
+    # Issue 9 item 3: the originals' location.
+    div_stats = np.load(jax_run.logs / "latents" / "div_stats.npy", allow_pickle=False)
+    assert f"wrote logs-{RUN_NAME}/latents/div_stats.npy" in stdout
+    assert not (jax_run.logs / "div_stats.npy").exists()
     assert div_stats.shape == (3, 4) and div_stats.dtype == np.float32
     assert np.all(div_stats >= -1e-6)
 
@@ -134,17 +137,19 @@ def test_encoding(jax_run, tmp_path, monkeypatch, capsys):
     # Without div_stats: one line naming the file, exit 2, nothing written.
     code, _, stderr = _synthesize(jax_run, root, monkeypatch, capsys, "synthesis.synthesis_mode=encoding")
     assert code == 2
-    assert stderr.count("\n") == 1 and f"logs-{RUN_NAME}/div_stats.npy" in stderr
+    assert stderr.count("\n") == 1 and f"logs-{RUN_NAME}/latents/div_stats.npy" in stderr
     assert not (root / f"logs-{RUN_NAME}" / "latents").exists()
 
     # quantile 0.25 of 12 entries: the threshold is 0, so exactly the three non-zero variates are on.
     div_stats = np.zeros((3, 4), dtype=np.float32)
     div_stats[0, [1, 3]] = 1.0
     div_stats[2, 0] = 2.0
-    np.save(root / f"logs-{RUN_NAME}" / "div_stats.npy", div_stats)
+    (root / f"logs-{RUN_NAME}" / "latents").mkdir()
+    np.save(root / f"logs-{RUN_NAME}" / "latents" / "div_stats.npy", div_stats)
     code, stdout, stderr = _synthesize(jax_run, root, monkeypatch, capsys, "synthesis.synthesis_mode=encoding",
                                        "synthesis.variate_masks_quantile=0.25")
     assert code == 0, stderr
+    assert "note:" not in stdout
     assert "8 images, groups [0, 2]" in stdout
 
     encodings = read_encodings(root / f"logs-{RUN_NAME}" / "latents" / "encodings.npz")
