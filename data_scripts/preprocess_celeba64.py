@@ -24,6 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from efficient_vdvae_common.data.decoding import open_8bit  # noqa: E402
 from efficient_vdvae_common.data.preprocessing import crop_celeba  # noqa: E402
 from efficient_vdvae_common.data.parallel import map_with_progress  # noqa: E402
 
@@ -57,8 +58,7 @@ def save_crop(image: Image.Image, target: Path) -> None:
 
 def crop_one(task: tuple[Path, Path]) -> None:
     source, target = task
-    with Image.open(source) as image:
-        save_crop(crop_celeba(image.convert("RGB")), target)
+    save_crop(crop_celeba(open_8bit(source, "RGB")), target)
 
 
 def preprocess(images_dir: Path, partition_file: Path, out_dir: Path, workers: int,

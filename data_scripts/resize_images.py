@@ -21,6 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from efficient_vdvae_common.data.decoding import open_8bit  # noqa: E402
 from efficient_vdvae_common.data.readers import list_image_files  # noqa: E402
 from efficient_vdvae_common.data.parallel import map_with_progress  # noqa: E402
 
@@ -36,12 +37,11 @@ def center_square(image: Image.Image) -> Image.Image:
 
 def resize_one(paths: tuple[Path, Path], resolution: int, mode: str, resample: int) -> None:
     source, target = paths
-    with Image.open(source) as image:
-        image = image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)
-        if mode == "center_crop":
-            image = center_square(image)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image.resize((resolution, resolution), resample=resample).save(target)
+    image = open_8bit(source)  # 8-bit gray or RGB by the loaders' rules (16-bit, alpha, palettes)
+    if mode == "center_crop":
+        image = center_square(image)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.resize((resolution, resolution), resample=resample).save(target)
 
 
 def refuse_overlapping_folders(in_dir: Path, out_dir: Path) -> None:

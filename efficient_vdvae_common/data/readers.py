@@ -14,17 +14,13 @@ from typing import Callable, Protocol
 import numpy as np
 from PIL import Image
 
+from efficient_vdvae_common.data.decoding import open_8bit
+from efficient_vdvae_common.data.errors import CorruptImageError, DataError
 from efficient_vdvae_common.data.preprocessing import resize_image
 
+__all__ = ["ArrayReader", "CorruptImageError", "DataError", "ImageFolderReader", "NpzReader", "list_image_files"]
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-class DataError(ValueError):
-    """A dataset that is missing, empty or not in the expected format."""
-
-
-class CorruptImageError(DataError):
-    """An image file that cannot be decoded; the message names the file."""
 
 
 class ImageReader(Protocol):
@@ -101,12 +97,7 @@ class ImageFolderReader:
         return len(self.files)
 
     def read(self, index: int) -> np.ndarray:
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert(self._mode)
-        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for broken or truncated files
-            raise CorruptImageError(f"cannot read image file {path}: {error}") from None
+        image = open_8bit(self.files[index], self._mode)
         if self._transform is not None:
             image = self._transform(image)
         array = np.asarray(resize_image(image, self._resolution), dtype=np.uint8)

@@ -9,6 +9,7 @@ import torch
 import torch.utils.data
 
 from efficient_vdvae_common.data import (
+    DataError,
     ImageSplit,
     build_split,
     epoch_order,
@@ -36,8 +37,51 @@ class SplitDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]):
         epoch, position = key if isinstance(key, tuple) else (0, key)
-        image = torch.from_numpy(self.split.load(position, epoch)).permute(2, 0, 1).contiguous()
+        try:
+            pixels = self.split.load(position, epoch)
+        except DataError as error:  # e.g. a truncated file: handed on as data, raised in the main process
+            return LoadFailure(error)
+        image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
         return (image, self.split.name(position)) if self.with_names else image
+
+
+class LoadFailure:
+    """A DataError met while reading an item, carried to the main process as an item.
+
+    Raised in a worker, it would reach the main process wrapped in torch's
+    multi-line "Caught ... in DataLoader worker process" traceback; carried as
+    data, it is raised again there with its own one-line message (naming the file).
+    """
+
+    def __init__(self, error: DataError):
+        self.error_type = type(error)
+        self.message = str(error)
+
+    def exception(self) -> DataError:
+        return self.error_type(self.message)
+
+
+def collate_or_fail(items: list) -> Any:
+    """torch's default collation, unless an item failed: then that item's LoadFailure."""
+    failure = next((item for item in items if isinstance(item, LoadFailure)), None)
+    return failure if failure is not None else torch.utils.data.default_collate(items)
+
+
+def _raise_failures(batches: Iterator) -> Iterator:
+    for batch in batches:
+        if isinstance(batch, LoadFailure):
+            # Drop the workers now: a traceback kept by the caller would otherwise keep them until
+            # garbage collection, whose shutdown then waits for their timeouts.
+            del batches
+            raise batch.exception()
+        yield batch
+
+
+class SplitDataLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose data errors surface as the reader's DataError, one line naming the file."""
+
+    def __iter__(self) -> Iterator:
+        return _raise_failures(super().__iter__())
 
 
 class ShardedEpochSampler(torch.utils.data.Sampler):
@@ -99,7 +143,7 @@ def create_dataloader(
     num_workers: int | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-) -> torch.utils.data.DataLoader:
+) -> SplitDataLoader:
     """A DataLoader of (B, C, H, W) float32 batches in the model's input space.
 
     split: 'train' (seeded shuffle, flips, last incomplete batch dropped),
@@ -118,10 +162,11 @@ def create_dataloader(
     sampler = ShardedEpochSampler(len(image_split), per_rank * world_size, rank=rank, world_size=world_size,
                                   seed=hp.run.seed, shuffle=training, drop_last=training)
     workers = _default_num_workers(hp, world_size) if num_workers is None else num_workers
-    return torch.utils.data.DataLoader(
+    return SplitDataLoader(
         SplitDataset(image_split, with_names),
         batch_size=per_rank,
         sampler=sampler,
+        collate_fn=collate_or_fail,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=3 if workers > 0 else None,
