@@ -41,14 +41,15 @@ def read_file(path: str | Path) -> ParsedFile:
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: editors on Windows start files with a byte-order mark.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read configuration file ({error})") from None
     return parse_text(text, source=str(path))
 
 
 def parse_text(text: str, source: str = "<string>") -> ParsedFile:
-    lines = text.splitlines()
+    lines = text.removeprefix("\ufeff").splitlines()
     parsed = ParsedFile(source=source, lines=lines)
     section: str | None = None
     entry: Entry | None = None

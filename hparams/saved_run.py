@@ -10,16 +10,17 @@ what defines the model or its data.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
 from .config import Config, build_config, evaluate_entry, parse_override
-from .errors import ConfigError, short_repr, shorten
+from .errors import ConfigError, short_repr
 from .formatting import format_value
 from .reader import ParsedFile, read_file, rewrite
-from .schema import FROZEN_IN_SAVED_RUN, SCHEMA
+from .schema import FROZEN_IN_SAVED_RUN, REQUIRED, SCHEMA, Key, check_value
 
 
 def logs_dir(name: str, root: str | Path = ".") -> Path:
@@ -65,9 +66,10 @@ def run_name(path: str | Path, overrides: Iterable[str] = ()) -> str:
     if text is None:
         raise ConfigError(f"{parsed.source}: [run] name is missing")
     name = evaluate_entry("run", "name", text, where)
-    if not name or "/" in name or name in (".", ".."):
-        raise ConfigError(f"{where}: [run] name = {text}: must be a plain name (no '/')")
-    return name
+    try:
+        return check_value("run", "name", name)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def load_run_config(
@@ -98,12 +100,40 @@ def load_run_config(
     if saved.is_file():
         parsed = read_file(saved)
         _refuse_frozen_changes(parsed, overrides, saved)
-        return build_config(parsed, overrides)
+        config = build_config(parsed, overrides)
+        differing = _frozen_keys_differing(read_file(path), config)
+        if differing and is_writer:
+            shown = ", ".join(differing[:4]) + (f" and {len(differing) - 4} more" if len(differing) > 4 else "")
+            print(f"note: run '{name}' already exists: using its saved configuration {saved}, not {path} "
+                  f"(which differs in {shown}); use a new run.name for a new model", file=sys.stderr)
+        return config
     parsed = read_file(path)
     config = build_config(parsed, overrides)
     if save and is_writer:
         write_text_atomic(saved, render_saved_config(parsed, overrides, config))
     return config
+
+
+def _frozen_keys_differing(main: ParsedFile, saved_config: Config) -> list[str]:
+    """The model and data keys (those a saved run keeps) whose value in the main
+    file is not the saved run's value; a value that does not evaluate differs."""
+    differing = []
+    for section, keys in SCHEMA.items():
+        for key, spec in keys.items():
+            if (section, key) in FROZEN_IN_SAVED_RUN and not _same_as_saved(main, section, key, spec, saved_config):
+                differing.append(f"{section}.{key}")
+    return differing
+
+
+def _same_as_saved(main: ParsedFile, section: str, key: str, spec: Key, saved_config: Config) -> bool:
+    entry = main.sections.get(section, {}).get(key)
+    if entry is None:
+        return spec.default is not REQUIRED and spec.default == getattr(getattr(saved_config, section), key)
+    try:
+        value = check_value(section, key, evaluate_entry(section, key, entry.text, main.source))
+    except ConfigError:
+        return False
+    return value == getattr(getattr(saved_config, section), key)
 
 
 def _refuse_frozen_changes(parsed: ParsedFile, overrides: tuple[str, ...], saved: Path) -> None:

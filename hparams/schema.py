@@ -7,6 +7,7 @@ one of them is an error, so a typo never silently falls back to a value.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,8 @@ class Key:
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "run": {
-        "name": Key("str"),
-        "seed": Key("int"),
+        "name": Key("run_name"),
+        "seed": Key("seed"),
         "num_gpus": Key("positive_int"),
         "num_cpus": Key("positive_int"),
         "max_allowed_checkpoints": Key("positive_int"),
@@ -288,6 +289,32 @@ def _as_temperature_settings(value: Any) -> list:
     return _list_of(check_entry)(value)
 
 
+# Names derived from a run's name (`checkpoints-<name>.history`, temporary files
+# beside them such as `.hparams-<name>.cfg.XXXXXXXX.tmp`) add up to about 40 bytes
+# to it, and file names have at most 255 bytes on common file systems.
+MAX_RUN_NAME_BYTES = 200
+
+
+def _as_run_name(value: Any) -> str:
+    """A run name becomes part of folder names: `logs-<name>`, `checkpoints-<name>`."""
+    name = _as_str(value)
+    if name in ("", ".", ".."):
+        raise _Invalid("a run name must be a plain, non-empty name")
+    for character, description in (("\0", "a NUL character"), ("/", "'/'")):
+        if character in name:
+            raise _Invalid(f"a run name cannot contain {description} (it names folders: logs-<name>)")
+    if any(ord(character) < 32 or ord(character) == 127 for character in name):
+        raise _Invalid("a run name cannot contain control characters (it names folders: logs-<name>)")
+    try:
+        size = len(os.fsencode(name))
+    except UnicodeError:
+        raise _Invalid("a run name must be encodable as a file name") from None
+    if size > MAX_RUN_NAME_BYTES:
+        raise _Invalid(f"a run name has at most {MAX_RUN_NAME_BYTES} bytes (this one has {size}), so that "
+                       "checkpoints-<name> and its temporary files fit the file system's 255-byte limit")
+    return name
+
+
 _positive_int = _bounded(_as_int, 0, low_open=True, description="a positive integer")
 _non_negative_int = _bounded(_as_int, 0, description="a non-negative integer")
 _positive_float = _bounded(_as_float, 0.0, low_open=True, description="a positive number")
@@ -295,6 +322,9 @@ _non_negative_float = _bounded(_as_float, 0.0, description="a non-negative numbe
 
 _CHECKERS = {
     "str": _as_str,
+    "run_name": _as_run_name,
+    # numpy's generators take seeds in [0, 2**32).
+    "seed": _bounded(_as_int, 0, 2**32 - 1, description="a seed in [0, 2**32)"),
     "bool": _as_bool,
     "int": _as_int,
     "float": _as_float,

@@ -92,3 +92,33 @@ def test_hparams_registry(tmp_path, monkeypatch):
     assert HParams.get_hparams_by_name("test_registry") is hp
     assert hp.model.up_strides == [1, 2, 1, 2, 1, 4, 1]
     assert (tmp_path / "logs-small" / "hparams-small.cfg").is_file()
+
+
+def test_config_that_differs_from_the_saved_model_says_the_saved_one_is_used(tmp_path):
+    # Issue 12, item 7: a changed --config is not silently ignored.
+    write_config(tmp_path, {})
+    load_run_config(tmp_path / "hparams.cfg", save=True, root=tmp_path)
+    write_config(tmp_path, {("model", "num_output_mixtures"): "5", ("model", "up_filters"): "[1, 2]",
+                            ("train", "batch_size"): "2"}, name="changed.cfg")
+    result = run_hparams_cli(tmp_path, "--config", "changed.cfg")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "saved configuration" in lines[0] and "logs-small/hparams-small.cfg" in lines[0]
+    assert "model.up_filters, model.num_output_mixtures" in lines[0] and "train.batch_size" not in lines[0]
+    assert "num_output_mixtures = 10" in result.stdout  # the saved value is the one used
+
+    # The same model (other sections may differ): no note.
+    write_config(tmp_path, {("train", "batch_size"): "2"}, name="same_model.cfg")
+    result = run_hparams_cli(tmp_path, "--config", "same_model.cfg")
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def test_only_the_writer_prints_the_saved_configuration_note(tmp_path, capsys):
+    main = write_config(tmp_path, {})
+    load_run_config(main, save=True, root=tmp_path)
+    write_config(tmp_path, {("model", "num_output_mixtures"): "5"})
+    load_run_config(main, is_writer=False, root=tmp_path)
+    assert capsys.readouterr().err == ""
+    load_run_config(main, root=tmp_path)
+    assert "model.num_output_mixtures" in capsys.readouterr().err

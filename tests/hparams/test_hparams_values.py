@@ -88,3 +88,67 @@ def test_zero_and_positive_temperatures_are_accepted(tmp_path):
     }))
     assert config.synthesis.temperature_settings == [0.0, 0.8, [1.0] * 7, ("linear", 0.0, 1.2)]
     assert config.synthesis.output_temperature == 0.0
+
+
+# Issue 12, item 7: run.name, run.seed, a file with a byte-order mark.
+
+@pytest.mark.parametrize(
+    "text, must_say",
+    [
+        ("'a/b'", "'/'"),
+        ("'../x'", "'/'"),
+        ("'a\\0b'", "NUL"),
+        ("'a\\nb'", "control characters"),
+        ("'..'", "plain"),
+        ("''", "plain"),
+        ("'x' * 201", "at most 200 bytes"),
+        ("'\u00e9' * 101", "at most 200 bytes"),  # 202 bytes in UTF-8, 101 characters
+    ],
+)
+def test_invalid_run_name_is_refused(tmp_path, text, must_say):
+    assert_refused(tmp_path, {("run", "name"): text}, "[run] name", must_say)
+
+
+def test_run_name_at_the_byte_limit_makes_every_folder(tmp_path):
+    from hparams import load_run_config, saved_config_path
+
+    name = "n" * 200
+    config = load_run_config(write_config(tmp_path, {("run", "name"): repr(name)}), save=True, root=tmp_path)
+    assert config.run.name == name
+    assert saved_config_path(name, tmp_path).is_file()
+    (tmp_path / f"checkpoints-{name}.history").mkdir()  # the longest folder a run makes
+
+
+def test_invalid_run_name_exits_2_before_anything_is_written(tmp_path):
+    write_config(tmp_path, {})
+    result = subprocess.run(
+        [sys.executable, "-m", "hparams", "--config", "hparams.cfg", "--set", "run.name=" + "y" * 300],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "[run] name" in result.stderr and "y" * 300 not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hparams.cfg"]
+
+
+@pytest.mark.parametrize("text", ["-1", "2**32", "2**40", "1.5", "float('nan')"])
+def test_seed_outside_uint32_is_refused(tmp_path, text):
+    assert_refused(tmp_path, {("run", "seed"): text}, "[run] seed")
+
+
+@pytest.mark.parametrize("seed", [0, 2**32 - 1])
+def test_seed_range_ends_are_accepted(tmp_path, seed):
+    assert load_config(write_config(tmp_path, {("run", "seed"): str(seed)})).run.seed == seed
+
+
+def test_config_file_with_a_byte_order_mark_is_accepted(tmp_path):
+    from hparams import load_run_config, saved_config_path
+    from tests.hparams.helpers import reference_text
+
+    path = tmp_path / "hparams.cfg"
+    path.write_bytes(b"\xef\xbb\xbf" + reference_text().encode("utf-8"))
+    config = load_run_config(path, save=True, root=tmp_path)
+    assert config.run.name == "small" and config.model.up_strides == [1, 2, 1, 2, 1, 4, 1]
+    # The saved copy has no mark and reads back the same.
+    saved = saved_config_path("small", tmp_path)
+    assert not saved.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_config(saved).to_dict() == config.to_dict()
