@@ -151,18 +151,34 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "temperature_settings": Key("temperature_settings"),
         "output_temperature": Key("temperature"),
         "batch_size": Key("positive_int"),
+        # Added by this project: images drawn from the output distribution, or its mean.
+        "output_sampling": Key("str", "sample", choices=OUTPUT_SAMPLINGS),
     },
 }
 
 SECTIONS = tuple(SCHEMA)
 
+# Data keys that change neither the model nor the data it is trained on, so
+# that they stay switchable on a saved run: where the data is (paths move
+# between machines), whether unreadable images are skipped, and which test
+# set synthesis and evaluation use.
+SWITCHABLE_IN_SAVED_RUN = {
+    ("data", "train_data_path"),
+    ("data", "val_data_path"),
+    ("data", "synthesis_data_path"),
+    ("data", "download_dir"),
+    ("data", "skip_corrupt_images"),
+    ("data", "full_test_set"),
+}
+
 # Keys that define what a saved run IS: an override may not change them.
-# Data paths may move between machines, so they stay overridable.
+# Every model key, and every data key not listed above (a new data key is
+# frozen until it is known to be harmless).
 FROZEN_IN_SAVED_RUN = {
     (section, key)
     for section in ("model", "data")
     for key in SCHEMA[section]
-    if not key.endswith("_data_path")
+    if (section, key) not in SWITCHABLE_IN_SAVED_RUN
 }
 
 

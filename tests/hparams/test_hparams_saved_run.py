@@ -122,3 +122,62 @@ def test_only_the_writer_prints_the_saved_configuration_note(tmp_path, capsys):
     assert capsys.readouterr().err == ""
     load_run_config(main, root=tmp_path)
     assert "model.num_output_mixtures" in capsys.readouterr().err
+
+
+# Issue 9, item 4: switches that cannot hurt a trained model stay switchable on a saved run.
+SWITCHABLE = [
+    "data.full_test_set=True",
+    "data.download_dir=/elsewhere/datasets",
+    "data.skip_corrupt_images=True",
+    "data.val_data_path=/elsewhere/val",
+    "data.synthesis_data_path=/elsewhere/test",
+    "data.train_data_path=/elsewhere/train",
+]
+FROZEN = [
+    "data.dataset_source=imagenet",
+    "data.target_res=64",
+    "data.num_bits=5",
+    "data.random_horizontal_flip=False",  # changes the training data
+    "model.num_output_mixtures=5",
+    "model.up_filters=[64] * 7",
+]
+
+
+@pytest.mark.parametrize("override", SWITCHABLE)
+def test_harmless_data_switches_are_accepted_on_a_saved_run(tmp_path, override):
+    main = write_config(tmp_path, {})
+    saved = load_run_config(main, save=True, root=tmp_path)
+    key, _, text = override.partition("=")
+    section, name = key.split(".")
+    config = load_run_config(main, [override, "synthesis.synthesis_mode=generation"], root=tmp_path)
+    value = getattr(config.data, name)
+    assert value != getattr(saved.data, name)  # the switch really changed something
+    assert value == (True if text == "True" else text)
+    # ... for this invocation only: the saved copy is not rewritten.
+    assert getattr(load_run_config(main, root=tmp_path).data, name) == getattr(saved.data, name)
+
+
+def test_synthesis_cli_accepts_the_full_test_set_switch_on_a_saved_run(tmp_path):
+    write_config(tmp_path, {})
+    load_run_config(tmp_path / "hparams.cfg", save=True, root=tmp_path)
+    result = run_hparams_cli(tmp_path, "--set", "data.full_test_set=True", "synthesis.synthesis_mode=reconstruction")
+    assert result.returncode == 0, result.stderr
+    assert "full_test_set = True" in result.stdout
+
+
+@pytest.mark.parametrize("override", FROZEN)
+def test_model_and_training_data_keys_stay_frozen_on_a_saved_run(tmp_path, override):
+    main = write_config(tmp_path, {})
+    load_run_config(main, save=True, root=tmp_path)
+    key = override.partition("=")[0].split(".")
+    with pytest.raises(ConfigError, match=f"\\[{key[0]}\\] {key[1]} of a saved run cannot change"):
+        load_run_config(main, [override], root=tmp_path)
+
+
+def test_switchable_keys_exist_and_every_other_model_and_data_key_is_frozen():
+    from hparams.schema import FROZEN_IN_SAVED_RUN, SCHEMA, SWITCHABLE_IN_SAVED_RUN
+
+    assert all(key in SCHEMA[section] for section, key in SWITCHABLE_IN_SAVED_RUN)
+    for section in ("model", "data"):
+        for key in SCHEMA[section]:
+            assert ((section, key) in FROZEN_IN_SAVED_RUN) != ((section, key) in SWITCHABLE_IN_SAVED_RUN)
