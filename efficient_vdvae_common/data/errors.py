@@ -12,3 +12,7 @@ class CorruptImageError(DataError):
     Covers truncated and non-image files, decompression bombs and pixel modes
     without a fixed 8-bit meaning; `data.skip_corrupt_images` skips them all.
     """
+
+
+class NotAFolderError(DataError):
+    """A data.*_path that exists but is a file (or another non-folder)."""

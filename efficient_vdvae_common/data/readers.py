@@ -15,10 +15,11 @@ import numpy as np
 from PIL import Image
 
 from efficient_vdvae_common.data.decoding import open_8bit
-from efficient_vdvae_common.data.errors import CorruptImageError, DataError
+from efficient_vdvae_common.data.errors import CorruptImageError, DataError, NotAFolderError
 from efficient_vdvae_common.data.preprocessing import resize_image
 
-__all__ = ["ArrayReader", "CorruptImageError", "DataError", "ImageFolderReader", "NpzReader", "list_image_files"]
+__all__ = ["ArrayReader", "CorruptImageError", "DataError", "ImageFolderReader", "NotAFolderError", "NpzReader",
+           "existing_folder", "list_image_files"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -53,14 +54,22 @@ class ArrayReader:
         return f"{self._prefix}_{index:06d}"
 
 
+def existing_folder(folder: str | os.PathLike, what: str, kind: str) -> Path:
+    """`folder` as a Path, or a DataError naming the setting `what` if it is missing or not a folder."""
+    root = Path(folder)
+    if root.exists() and not root.is_dir():
+        raise NotAFolderError(f"{what}: {folder} is not a folder (it is a file); point it at the {kind} folder")
+    if not root.is_dir():
+        raise DataError(f"{what}: {kind} folder {str(folder)!r} does not exist (resolved to {root.resolve()})")
+    return root
+
+
 def list_image_files(folder: str | os.PathLike, what: str) -> list[Path]:
     """All image files under `folder` (recursively), sorted by relative path.
 
     `what` names the setting the folder came from, for the error messages.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise DataError(f"{what}: image folder {str(folder)!r} does not exist (resolved to {root.resolve()})")
+    root = existing_folder(folder, what, "image")
     files = sorted(
         path.relative_to(root)
         for path in root.rglob("*")
@@ -155,9 +164,7 @@ class NpzReader:
     KEY = "data"
 
     def __init__(self, folder: str | os.PathLike, resolution: int, channels: int, what: str, cache_dir: str | None = None):
-        root = Path(folder)
-        if not root.is_dir():
-            raise DataError(f"{what}: npz folder {str(folder)!r} does not exist (resolved to {root.resolve()})")
+        root = existing_folder(folder, what, "npz")
         self.files = sorted(root.glob("*.npz"))
         if not self.files:
             raise DataError(f"{what}: no .npz files under {str(folder)!r}")
