@@ -164,3 +164,33 @@ def test_broken_file_mid_run_is_one_line_naming_the_file(folder_config, tmp_path
     message = str(error.value)
     assert "\n" not in message and "img_005.png" in message and "Traceback" not in message
     assert message.startswith("cannot read image file ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["efficient_vdvae_torch", "efficient_vdvae_jax"])
+def test_truncated_train_image_stops_train_py_with_one_line(tmp_path, framework):
+    """End to end: the image breaks after the run started (setup only lists files); stderr is one line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REFERENCE_CONFIG, REPO_ROOT
+    from tests.helpers import TWO_LEVEL_MODEL, numbered_pngs, write_random_pngs
+
+    write_random_pngs(tmp_path / "train", numbered_pngs(8), seed=1)
+    write_random_pngs(tmp_path / "val", numbered_pngs(4), seed=2)
+    broken = tmp_path / "train" / "img_006.png"
+    broken.write_bytes(broken.read_bytes()[:50])
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / framework / "train.py"), "--config", str(REFERENCE_CONFIG), "--set",
+         "data.target_res=16", *TWO_LEVEL_MODEL, "run.name=broken", "run.num_gpus=1", "run.num_cpus=1",
+         "data.dataset_source=custom", f"data.train_data_path='{tmp_path / 'train'}'",
+         f"data.val_data_path='{tmp_path / 'val'}'", f"data.synthesis_data_path='{tmp_path / 'val'}'",
+         "train.batch_size=4", "val.batch_size=4", "val.n_samples_for_validation=4", "train.total_train_steps=4",
+         "data.random_horizontal_flip=False"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines[-1].startswith("error: cannot read image file ") and "img_006.png" in lines[-1], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
