@@ -39,6 +39,12 @@ class StopFlag:
               file=sys.stderr, flush=True)
 
 
+def is_evaluation_step(step: int, interval: int, total_steps: int) -> bool:
+    """Validate, log summaries and checkpoint after update `step`? After the first update (so that
+    a short run shows a validation point, as in the originals), every `interval`, and at the end."""
+    return step == 1 or step % interval == 0 or step >= total_steps
+
+
 def format_train_line(progress: Any, total_steps: int, seconds: float, stats: dict, num_groups: int) -> str:
     """The one-line summary printed every train.logging_interval_in_steps."""
     return (f"step {progress.global_step}/{total_steps} | {seconds:.3f} s/step"

@@ -26,7 +26,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
-from efficient_vdvae_common.training_log import StopFlag, format_train_line, per_group_scalars, train_scalars
+from efficient_vdvae_common.training_log import (StopFlag, format_train_line, is_evaluation_step,
+                                                 per_group_scalars, train_scalars)
 from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
@@ -251,7 +252,9 @@ class Trainer:
                                             num_latent_groups(hp)), flush=True)
                     self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
                     self.writers["train"].flush()
-                if not skipped and progress.global_step % hp.train.checkpoint_and_eval_interval_in_steps == 0:
+                if not skipped and is_evaluation_step(progress.global_step,
+                                                      hp.train.checkpoint_and_eval_interval_in_steps,
+                                                      hp.train.total_train_steps):
                     self.evaluate_and_log(batch)
                     self.save_checkpoint()
                 if self.stop.requested or progress.global_step >= hp.train.total_train_steps:

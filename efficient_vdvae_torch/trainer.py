@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
-from efficient_vdvae_common.training_log import StopFlag, format_train_line, per_group_scalars, train_scalars
+from efficient_vdvae_common.training_log import (StopFlag, format_train_line, is_evaluation_step,
+                                                 per_group_scalars, train_scalars)
 from efficient_vdvae_torch.checkpoints import (TrainingProgress, checkpoint_path, load_checkpoint,
                                                remove_stale_temp_files, restore_training_state, save_checkpoint,
                                                training_state)
@@ -290,7 +291,9 @@ class Trainer:
                 if self.writers:
                     self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
                     self.writers["train"].flush()
-            if not stats["skipped"] and progress.global_step % hp.train.checkpoint_and_eval_interval_in_steps == 0:
+            if not stats["skipped"] and is_evaluation_step(progress.global_step,
+                                                          hp.train.checkpoint_and_eval_interval_in_steps,
+                                                          hp.train.total_train_steps):
                 self.evaluate_and_log(x, stats, view)
                 self.save_checkpoint()
             stop_now = any_rank(self.stop.requested, ctx.device) if ctx.world_size > 1 else self.stop.requested

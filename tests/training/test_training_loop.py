@@ -50,7 +50,7 @@ def test_finished_run_is_left_alone(make_config, run_overrides, tmp_path):
 
 def test_tensorboard_scalars_histograms_images(make_config, run_overrides, tmp_path):
     _train(make_config, run_overrides, tmp_path, "tb", "train.total_train_steps=2",
-           "train.checkpoint_and_eval_interval_in_steps=2")
+           "train.checkpoint_and_eval_interval_in_steps=100")
     train = EventAccumulator(str(tmp_path / "logs-tb" / "train"), size_guidance={"histograms": 0, "images": 0})
     val = EventAccumulator(str(tmp_path / "logs-tb" / "val"), size_guidance={"histograms": 0, "images": 0})
     train.Reload()
@@ -68,8 +68,25 @@ def test_tensorboard_scalars_histograms_images(make_config, run_overrides, tmp_p
 
     assert {"Losses/nelbo", "Metrics/ssim", "Latent_KL/group_00"} <= set(val.Tags()["scalars"])
     assert {"OutputLayer/means", "OutputLayer/log_scales", "Distributions/target"} <= set(val.Tags()["histograms"])
-    image = val.Images("Images/targets")[0]
-    assert image.step == 2 and image.width > 16
+    images = val.Images("Images/targets")
+    assert [image.step for image in images] == [1, 2] and images[0].width > 16
+
+
+def test_validation_at_first_and_last_step(make_config, run_overrides, tmp_path):
+    """Issue 9 item 5: validation (and checkpoint) after the first update, every interval and at the end,
+    never twice for one step: 5 updates with interval 2 validate at 1, 2, 4, 5."""
+    _train(make_config, run_overrides, tmp_path, "points", "train.total_train_steps=5",
+           "train.checkpoint_and_eval_interval_in_steps=2", "run.max_allowed_checkpoints=5")
+    history = tmp_path / "checkpoints-points.history"
+    assert sorted(path.name for path in history.iterdir()) == [f"global_step-{n}" for n in (1, 2, 4, 5)]
+    val = EventAccumulator(str(tmp_path / "logs-points" / "val"))
+    train = EventAccumulator(str(tmp_path / "logs-points" / "train"))
+    val.Reload()
+    train.Reload()
+    for tag in ("Losses/nelbo", "Metrics/ssim", "Latent_KL/group_00"):
+        assert [e.step for e in val.Scalars(tag)] == [1, 2, 4, 5], tag
+    assert [e.step for e in train.Scalars("Metrics/ssim")] == [1, 2, 4, 5]
+    assert load_checkpoint(tmp_path / "checkpoints-points")["global_step"] == 5
 
 
 def test_validation_means_weigh_images_not_batches(make_config, run_overrides):
