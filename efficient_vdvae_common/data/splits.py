@@ -31,6 +31,7 @@ OFFICIAL_TEST_PERMUTATION_SEED = 101
 # Validation/test digits are binarized once: the same {0,1} images in every run.
 FIXED_BINARIZATION_SEED = 1234
 DIV_STATS_STREAM = 7  # separates the div_stats subset's random stream from the epochs'.
+VALIDATION_SUBSET_STREAM = 8  # and the validation subset's.
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,17 @@ def div_stats_indices(num_train: int, ratio: float, seed: int) -> np.ndarray:
         raise DataError(f"synthesis.div_stats_subset_ratio must be in (0, 1], got {ratio}")
     count = max(1, round(num_train * ratio))
     return np.sort(np.random.default_rng([seed, DIV_STATS_STREAM]).permutation(num_train)[:count])
+
+
+def validation_indices(num_val: int, count: int, seed: int) -> np.ndarray:
+    """Positions of the validation subset: the first `count` of a permutation seeded by `seed`
+    (the same at every evaluation, on every rank and in both frameworks), so that a subset of a
+    sorted folder is still representative; the whole split, in order, when it has at most `count`."""
+    if count < 1:
+        raise DataError(f"val.n_samples_for_validation must be at least 1, got {count}")
+    if count >= num_val:
+        return np.arange(num_val)
+    return np.random.default_rng([seed, VALIDATION_SUBSET_STREAM]).permutation(num_val)[:count]
 
 
 class ImageSplit:
@@ -200,10 +212,7 @@ def build_split(hp: Any, split: str, official_loader: OfficialLoader | None = No
     if split == "div_stats":
         indices = indices[div_stats_indices(len(indices), hp.synthesis.div_stats_subset_ratio, hp.run.seed)]
     elif split == "val":
-        cap = hp.val.n_samples_for_validation
-        if cap < 1:
-            raise DataError(f"val.n_samples_for_validation must be at least 1, got {cap}")
-        indices = indices[:cap]
+        indices = indices[validation_indices(len(indices), hp.val.n_samples_for_validation, hp.run.seed)]
 
     return ImageSplit(
         reader,
