@@ -27,6 +27,7 @@ from tqdm import tqdm
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
+from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
                                                     load_run_div_stats, needs_variate_masks, run_mode,
                                                     temperature_folder_name)
@@ -61,10 +62,20 @@ def load_synthesis_params(hp: Any, model: UniversalAutoEncoder, root: str | Path
         state, progress = checkpoints.restore(abstract_train_state(hp, model, replicated))
     finally:
         checkpoints.close()
-    ema = hp.synthesis.load_ema_weights
-    print(f"loaded {'EMA' if ema else 'trained'} weights from {checkpoints.directory} "
-          f"(step {progress.global_step})", flush=True)
-    return state.ema_params if ema else state.params
+    which = "EMA" if hp.synthesis.load_ema_weights else "trained"
+    params = state.ema_params if hp.synthesis.load_ema_weights else state.params
+    check_finite_weights(_non_finite_counts(params), f"{checkpoints.directory} (step {progress.global_step})", which)
+    print(f"loaded {which} weights from {checkpoints.directory} (step {progress.global_step})", flush=True)
+    return params
+
+
+def _non_finite_counts(params: Any) -> list[tuple[str, int, int]]:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [(jax.tree_util.keystr(path), int(jnp.sum(~jnp.isfinite(leaf))), int(leaf.size)) for path, leaf in leaves]
+
+
+def _checkpoint_name(hp: Any) -> str:
+    return str(checkpoint_dir(hp.run.name))
 
 
 def load_variate_masks(hp: Any, root: str | Path = ".") -> np.ndarray:
@@ -146,7 +157,11 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
         values, outputs = step(params, batch_key(hp.run.seed, index), x, mask_arrays,
                                jnp.float32(posterior_temperature))
         real = len(names)
-        totals += np.asarray(values, np.float64)[:real].sum(axis=0)
+        values = np.asarray(values, np.float64)[:real]
+        # NELBO, reconstruction, KL (SSIM is NaN by design for small or binary images).
+        check_finite_outputs(bool(np.isfinite(values[:, :3]).all()),
+                             f"the reconstruction of {describe_images(names)}", _checkpoint_name(hp))
+        totals += values.sum(axis=0)
         count += real
         targets = x[:real, MNIST_CROP, MNIST_CROP] if binarized else x[:real]
         output_images = model_space_to_uint8(np.asarray(outputs)[:real], binarized)
@@ -164,12 +179,13 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
 
 
 def make_generation_step(hp: Any, model: UniversalAutoEncoder, batch_size: int) -> Callable:
-    """`images = step(params, rng, level_temperatures)`: prior samples; one compile for every setting."""
+    """`images, finite = step(params, rng, level_temperatures)`: prior samples and whether their logits
+    are finite; one compile for every setting."""
     def step(params, rng, level_temperatures):
         latent_rng, output_rng = jax.random.split(rng)
         logits, _ = model.apply({"params": params}, latent_rng, batch_size, level_temperatures,
                                 method=model.sample_from_prior)
-        return sample_output(hp, output_rng, logits)
+        return sample_output(hp, output_rng, logits), jnp.all(jnp.isfinite(logits))
 
     return jax.jit(step)
 
@@ -189,7 +205,9 @@ def generate(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str 
         image_index = 0
         batches = range(hp.synthesis.n_generation_batches)
         for batch_index in _progress(batches, f"generation {folder.name}"):
-            images = step(params, batch_key(hp.run.seed, batch_index), jnp.asarray(temperatures, jnp.float32))
+            images, finite = step(params, batch_key(hp.run.seed, batch_index),
+                                  jnp.asarray(temperatures, jnp.float32))
+            check_finite_outputs(bool(finite), f"generation {folder.name}", _checkpoint_name(hp))
             for image in model_space_to_uint8(np.asarray(images), binarized):
                 write_png(folder / generated_image_name(image_index), image)
                 image_index += 1
@@ -214,7 +232,9 @@ def compute_div_stats(hp: Any, model: UniversalAutoEncoder, params: Any) -> np.n
     step = make_div_stats_step(hp, model)
     total, count = 0.0, 0
     for index, (x, mask) in enumerate(_progress(padded_batches(hp, "div_stats"), "div_stats")):
-        total = total + np.asarray(step(params, batch_key(hp.run.seed, index), x, mask), np.float64)
+        sums = np.asarray(step(params, batch_key(hp.run.seed, index), x, mask), np.float64)
+        check_finite_outputs(bool(np.isfinite(sums).all()), "div_stats", _checkpoint_name(hp))
+        total = total + sums
         count += int(mask.sum())
     if count == 0:
         raise DataError(f"the div_stats subset of {hp.data.train_data_path} has no images "
@@ -247,7 +267,10 @@ def encode(hp: Any, model: UniversalAutoEncoder, params: Any, masks: np.ndarray)
     mask_arrays = _jnp_masks(masks)
     for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "encode", with_names=True), "encoding")):
         posteriors = step(params, batch_key(hp.run.seed, index), x, mask_arrays)
-        builder.add_batch(names, {g: np.asarray(p, np.float32)[:len(names)] for g, p in posteriors.items()})
+        posteriors = {g: np.asarray(p, np.float32)[:len(names)] for g, p in posteriors.items()}
+        check_finite_outputs(all(np.isfinite(p).all() for p in posteriors.values()),
+                             f"the encoding of {describe_images(names)}", _checkpoint_name(hp))
+        builder.add_batch(names, posteriors)
     return builder.build()
 
 

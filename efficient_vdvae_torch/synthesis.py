@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
+from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (
     ReconstructionMetrics,
     load_run_div_stats,
@@ -69,9 +70,19 @@ def load_synthesis_model(hp: Any, device: torch.device, root: str | Path = ".") 
     except RuntimeError as error:
         detail = str(error).splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not fit the configured model ({detail})") from None
-    print(f"loaded {'EMA' if hp.synthesis.load_ema_weights else 'trained'} weights from {path} "
-          f"(step {int(state['global_step'])})", flush=True)
+    which = "EMA" if hp.synthesis.load_ema_weights else "trained"
+    check_finite_weights(((name, int((~torch.isfinite(t)).sum()), t.numel())
+                          for name, t in model.state_dict().items() if t.is_floating_point()), str(path), which)
+    print(f"loaded {which} weights from {path} (step {int(state['global_step'])})", flush=True)
     return model.eval().requires_grad_(False)
+
+
+def _checkpoint_name(hp: Any) -> str:
+    return str(checkpoint_path(hp.run.name))
+
+
+def _all_finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def load_variate_masks(hp: Any, model: UniversalAutoEncoder, root: str | Path = ".") -> np.ndarray:
@@ -111,6 +122,8 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
         logits, posterior_stats, prior_stats = model(x, variate_masks=mask_list,
                                                      posterior_temperature=posterior_temperature)
         loss = compute_loss(hp, x, logits, posterior_stats, prior_stats, step=None, variate_masks=mask_list)
+        check_finite_outputs(_all_finite(logits, loss.nelbo),
+                             f"the reconstruction of {describe_images(list(names))}", _checkpoint_name(hp))
         outputs = model.sample_output(logits, hp.synthesis.output_temperature)
         batch = x.shape[0]
         # Batch means times batch size: an uneven last batch weighs what its images weigh.
@@ -149,6 +162,7 @@ def generate(hp: Any, model: UniversalAutoEncoder, device: torch.device, output_
         batches = range(hp.synthesis.n_generation_batches)
         for _ in _progress(batches, f"generation {folder.name}"):
             logits, _ = model.sample_from_prior(hp.synthesis.batch_size, temperatures)
+            check_finite_outputs(_all_finite(logits), f"generation {folder.name}", _checkpoint_name(hp))
             images = model.sample_output(logits, hp.synthesis.output_temperature)
             for image in _to_uint8_images(images, model.output_distribution.bernoulli):
                 write_png(folder / generated_image_name(image_index), image)
@@ -165,6 +179,7 @@ def compute_div_stats(hp: Any, model: UniversalAutoEncoder, device: torch.device
         x = x.to(device)
         _, posterior_stats, prior_stats = model(x)
         batch_kl = kl_per_variate(hp, posterior_stats, prior_stats).double() * x.shape[0]
+        check_finite_outputs(_all_finite(batch_kl), "div_stats", _checkpoint_name(hp))
         total = batch_kl if total is None else total + batch_kl
         count += x.shape[0]
     return (total / count).cpu().numpy()
@@ -191,6 +206,8 @@ def encode(hp: Any, model: UniversalAutoEncoder, device: torch.device, masks: np
             std = gaussian_std(posterior_stats[g], base, beta)[:, index]
             # (B, n, H, W, 2) -> (B, H, W, n, 2)
             posteriors[g] = torch.stack([mean, std], dim=-1).permute(0, 2, 3, 1, 4).float().cpu().numpy()
+        check_finite_outputs(all(np.isfinite(p).all() for p in posteriors.values()),
+                             f"the encoding of {describe_images(list(names))}", _checkpoint_name(hp))
         builder.add_batch(list(names), posteriors)
     return builder.build()
 

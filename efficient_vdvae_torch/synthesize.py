@@ -18,7 +18,8 @@ selects the mode:
 - encoding: posteriors of the active variates of every train image, written
   to logs-<name>/latents/encodings.npz (needs div_stats first).
 
-Bad configuration, a missing checkpoint or div_stats: one line, exit 2.
+Bad configuration, a missing checkpoint or div_stats, a checkpoint with
+non-finite weights or outputs: one line, exit 2, nothing written.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.model_health import BrokenModelError  # noqa: E402
 from efficient_vdvae_common.variate_masks import DivStatsError  # noqa: E402
 from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
 from efficient_vdvae_torch.synthesis import run_synthesis  # noqa: E402
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     hp = load_config_or_exit(args, save=False)
     try:
         run_synthesis(hp, posterior_temperature=0.0 if args.posterior_means else 1.0)
-    except (CheckpointError, ConfigError, DataError, DivStatsError) as error:
+    except (BrokenModelError, CheckpointError, ConfigError, DataError, DivStatsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
