@@ -7,16 +7,29 @@ consumed (applied + skipped updates), which grows with every step, so a final
 checkpoint after a skipped update never collides with an earlier one; without
 skips it equals the global step. Orbax writes into a temporary folder and
 renames it when complete, so a process killed mid-write leaves the previous
-checkpoint intact. Only the newest `run.max_allowed_checkpoints` are kept.
+checkpoint intact. Only the newest `run.max_allowed_checkpoints` are kept. A
+step folder that cannot be read (copied in part, damaged) is renamed
+`<n>.unreadable` and the newest readable one restored, saying so.
+
+A checkpoint of the original JAX code in the same folder
+(`checkpoints-<name>/checkpoint_<step>`, msgpack file or orbax folder, where the
+original's README unzips the published models) is restored when the folder
+holds none of ours: converted in memory (SPEC.md section 10); the first save
+writes ours beside it, which is never deleted.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import optax
 import orbax.checkpoint as ocp
 
+from efficient_vdvae_common.original_jax_checkpoint import (CHECKPOINT_NAME, OriginalCheckpointError,
+                                                            OriginalJaxState, newest_checkpoint_in)
 from efficient_vdvae_jax.train_step import TrainState
 from hparams import checkpoints_path
 
@@ -26,6 +39,13 @@ PROGRESS_ITEM = "progress"
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder that cannot be used, named in the message."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint of another model (an older checkpoint would not fit either)."""
+
+
+UNREADABLE_SUFFIX = ".unreadable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +83,17 @@ class TrainingCheckpoints:
             STATE_ITEM: ocp.StandardCheckpointHandler(), PROGRESS_ITEM: ocp.JsonCheckpointHandler()})
 
     def latest(self) -> int | None:
-        """The newest complete checkpoint's number, None when there is none."""
+        """The newest complete checkpoint's number (ours, else an original-JAX one's step), None when none."""
         if not self.directory.is_dir():
             return None
         self.manager.reload()
-        return self.manager.latest_step()
+        step = self.manager.latest_step()
+        if step is None and self._original_entry() is not None:
+            return int(CHECKPOINT_NAME.match(self._original_entry().name).group(1))
+        return step
+
+    def _original_entry(self) -> Path | None:
+        return newest_checkpoint_in(self.directory)
 
     def save(self, state: TrainState, progress: TrainingProgress) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -79,10 +105,33 @@ class TrainingCheckpoints:
 
     def restore(self, abstract_state: TrainState, checkpoint: int | None = None
                 ) -> tuple[TrainState, TrainingProgress]:
-        """The state, laid out as `abstract_state` (jax.ShapeDtypeStruct leaves with shardings), and progress."""
-        checkpoint = self.latest() if checkpoint is None else checkpoint
-        if checkpoint is None:
+        """The state, laid out as `abstract_state` (jax.ShapeDtypeStruct leaves with shardings), and progress.
+
+        Without `checkpoint`: the newest readable one; unreadable newer step folders are moved aside.
+        """
+        if checkpoint is not None:
+            return self._restore(abstract_state, checkpoint)
+        if self.latest() is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        if not self.manager.all_steps():
+            return restore_original(self._original_entry(), abstract_state)
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return self._restore(abstract_state, step)
+            except CheckpointMismatch:
+                raise
+            except CheckpointError as error:
+                older = [s for s in self.manager.all_steps() if s < step]
+                if not older and self._original_entry() is None:
+                    raise
+                aside = self.directory / f"{step}{UNREADABLE_SUFFIX}"
+                os.rename(self.directory / str(step), aside)
+                self.manager.reload()
+                print(f"{error}; moved it to {aside} and fell back to the newest complete checkpoint "
+                      f"({max(older) if older else self._original_entry()})", flush=True)
+        return restore_original(self._original_entry(), abstract_state)
+
+    def _restore(self, abstract_state: TrainState, checkpoint: int) -> tuple[TrainState, TrainingProgress]:
         self._check_param_shapes(checkpoint, abstract_state)
         try:
             restored = self.manager.restore(checkpoint, args=ocp.args.Composite(**{
@@ -91,9 +140,10 @@ class TrainingCheckpoints:
             }))
             progress = TrainingProgress(**{field.name: int(restored[PROGRESS_ITEM][field.name])
                                            for field in dataclasses.fields(TrainingProgress)})
-        except Exception as error:  # orbax raises many types for missing, foreign or mismatched trees
-            raise CheckpointError(f"cannot restore checkpoint {self.directory / str(checkpoint)} "
-                                  f"(does it belong to another model config?): {error}") from error
+        except Exception as error:  # orbax raises many types for missing, partial or damaged files
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"checkpoint {self.directory / str(checkpoint)} is incomplete or corrupt "
+                                  f"({detail[:300]})") from None
         return restored[STATE_ITEM], progress
 
     def _check_param_shapes(self, checkpoint: int, abstract_state: TrainState) -> None:
@@ -102,12 +152,14 @@ class TrainingCheckpoints:
         try:
             saved = _shapes_by_name(self.manager.item_metadata(checkpoint)[STATE_ITEM])
         except Exception as error:  # missing or foreign metadata
-            raise CheckpointError(f"cannot read checkpoint {where}: {error}") from error
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"checkpoint {where} is incomplete or corrupt (metadata: {detail[:300]})"
+                                  ) from None
         saved = {name[1:]: shape for name, shape in saved.items() if name[:1] == ("params",)}
         wanted = _shapes_by_name(abstract_state.params)
         for name in sorted(saved.keys() | wanted.keys()):
             if saved.get(name) != wanted.get(name):
-                raise CheckpointError(
+                raise CheckpointMismatch(
                     f"checkpoint {where} does not fit the model config: parameter {'/'.join(name)} is "
                     f"{saved.get(name, 'missing')} there and {wanted.get(name, 'missing')} in the config "
                     "(a run's model settings cannot change; use another run.name)")
@@ -126,3 +178,61 @@ def _shapes_by_name(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
 
     return {tuple(name(k) for k in path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+# ---- Checkpoints of the original JAX code.
+
+def train_state_from_original(original: OriginalJaxState, abstract_state: TrainState) -> TrainState:
+    """Our TrainState (laid out as `abstract_state`) holding an original checkpoint's weights, EMA weights,
+    Adam-family moments and counts; the skip counter starts at 0 (the original kept none)."""
+    wanted = {".".join(flax_key(path)): shape for path, shape in _shapes_by_name(abstract_state.params).items()}
+    try:
+        original.check_fits(wanted)
+    except OriginalCheckpointError as error:
+        raise CheckpointMismatch(str(error)) from None
+
+    def fresh(tree):
+        return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), tree)
+
+    def moments(state):
+        if isinstance(state, optax.ScaleByAdamState):
+            return state._replace(count=jnp.asarray(original.optimizer_count, state.count.dtype),
+                                  mu=_as_jax(original.flax_tree("mu")), nu=_as_jax(original.flax_tree("nu")))
+        if isinstance(state, optax.ScaleByScheduleState):
+            return state._replace(count=jnp.asarray(original.schedule_count, state.count.dtype))
+        return state
+
+    opt_state = tuple(moments(state) for state in fresh(abstract_state.opt_state))
+    if not any(isinstance(state, optax.ScaleByAdamState) for state in opt_state):
+        raise CheckpointError(f"cannot restore {original.source}: the configured optimizer keeps no "
+                              "Adam-family moments")
+    state = TrainState(step=jnp.asarray(original.step, jnp.int32), params=_as_jax(original.flax_tree("params")),
+                       ema_params=_as_jax(original.flax_tree("ema_params")), opt_state=opt_state,
+                       skipped_updates=jnp.zeros((), jnp.int32))
+    return jax.tree.map(lambda leaf, like: jax.device_put(leaf.astype(like.dtype), like.sharding),
+                        state, abstract_state)
+
+
+def flax_key(path: tuple[str, ...]) -> tuple[str, ...]:
+    """A flax path as the PyTorch key's parts (the names OriginalJaxState uses)."""
+    from efficient_vdvae_common.parameter_layouts import flax_path_to_torch_key
+
+    return tuple(flax_path_to_torch_key(path).split("."))
+
+
+def _as_jax(tree):
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def restore_original(path: str | Path, abstract_state: TrainState) -> tuple[TrainState, TrainingProgress]:
+    """An original-JAX checkpoint (file, folder or `checkpoints-<name>/`) as (TrainState, progress)."""
+    from efficient_vdvae_jax.original_checkpoint import read_original_checkpoint
+
+    try:
+        original = read_original_checkpoint(path)
+    except OriginalCheckpointError as error:
+        raise CheckpointError(str(error)) from None
+    state = train_state_from_original(original, abstract_state)
+    print(f"restored {original.source}, a checkpoint of the original JAX code (step {original.step}); "
+          f"{original.defaults_note()}", flush=True)
+    return state, TrainingProgress(global_step=original.step)

@@ -2,6 +2,7 @@
 
     python efficient_vdvae_jax/convert_checkpoint.py to-jax checkpoints-NAME jax/checkpoints-NAME --config CFG
     python efficient_vdvae_jax/convert_checkpoint.py to-torch jax/checkpoints-NAME checkpoints-NAME --config CFG
+    python efficient_vdvae_jax/convert_checkpoint.py from-original-jax SRC DST --config CFG --framework torch|jax
 
 `to-jax` reads a PyTorch checkpoint file (ours or the original code's) and
 writes a JAX run's checkpoint folder with efficient_vdvae_jax/checkpoints.py,
@@ -14,6 +15,13 @@ exactly like the weights), the update and skip counters and the data
 position; the learning-rate schedule is set at the step. A bad source,
 destination or model config exits 2 with one line naming it.
 
+`from-original-jax` reads a checkpoint of the original JAX code (see
+efficient_vdvae_jax/original_checkpoint.py) and writes either of ours; it
+carries the weights, EMA weights, the Adam-family moments and counts and the
+step, and says which settings start at their defaults. `--force` replaces an
+existing checkpoint (never anything else): the new one is written beside it
+and swapped in when complete, so a kill at any moment leaves one of them.
+
 Our flax tree mirrors the PyTorch keys: a key's numeric parts are glued to the
 name before them (`levels_down.2.0` <-> `levels_down_2_0`, `convs.1` <->
 `convs_1`) and `weight` is called `kernel`. The values change layout:
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import shutil
 import sys
@@ -57,12 +66,13 @@ class Converted:
     data_epoch: int
     data_batch: int
     optimizer_count: int  # 0: fresh optimiser moments
+    notes: str = ""  # what the source lacked
 
     def summary(self) -> str:
         moments = (f"optimizer moments at update {self.optimizer_count}" if self.optimizer_count
                    else "fresh optimizer moments (none in the source)")
         return (f"wrote {self.path}: step {self.global_step}, {self.gradient_skip_count} skipped updates, "
-                f"data epoch {self.data_epoch} batch {self.data_batch}, {moments}")
+                f"data epoch {self.data_epoch} batch {self.data_batch}, {moments}{self.notes}")
 
 
 def _shape_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
@@ -144,28 +154,97 @@ def _as_jax_tree(tree: Any) -> Any:
 
 # ---- Files.
 
+_CONVERTING_MARKER = ".converting-"
+
+
 def _check_destination(source: Path, destination: Path, force: bool, is_folder: bool) -> None:
-    """Refuse to overwrite without --force, to overwrite the source, or to delete an unrelated folder."""
-    if source.resolve() == destination.resolve():
-        raise ConversionError(f"destination {destination} is the source")
+    """Refuse to overwrite without --force, to overwrite the source, or to replace anything but a checkpoint."""
+    if source.resolve() == destination.resolve() or destination.resolve() in source.resolve().parents:
+        raise ConversionError(f"destination {destination} is (or holds) the source")
     if not destination.exists():
         return
     if not force:
         raise ConversionError(f"destination {destination} exists (--force replaces it)")
-    if destination.is_dir() and not is_folder:
-        raise ConversionError(f"destination {destination} is a folder; to-torch writes a checkpoint file")
+    if destination.is_dir() != is_folder:
+        wanted = "a JAX checkpoint folder" if is_folder else "a PyTorch checkpoint file"
+        raise ConversionError(f"destination {destination} is a {'folder' if destination.is_dir() else 'file'}; "
+                              f"this direction writes {wanted}: not replacing it even with --force")
     if destination.is_dir():
         foreign = [p.name for p in destination.iterdir() if not re.match(r"^\d+(\.orbax-checkpoint-tmp.*)?$", p.name)]
         if foreign:
             raise ConversionError(f"destination {destination} holds {foreign[0]!r}, which is not a JAX checkpoint: "
                                   "not replacing it even with --force")
+        return
+    from efficient_vdvae_torch.checkpoints import CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(destination)
+    except CheckpointError as error:
+        raise ConversionError(f"destination {destination} is not a PyTorch checkpoint, not replacing it even "
+                              f"with --force ({error})") from None
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+def _temporary_destination(destination: Path) -> Path:
+    """A fresh path beside `destination` (same file system, so the final rename is atomic)."""
+    remove_stale_conversions(destination)
+    return destination.with_name(f"{destination.name}{_CONVERTING_MARKER}{os.getpid()}")
+
+
+def remove_stale_conversions(destination: Path) -> None:
+    """Delete what a conversion killed before its swap left beside `destination`."""
+    for stale in destination.parent.glob(f"{destination.name}{_CONVERTING_MARKER}*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = libc.renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    return result == 0
+
+
+def _move_into_place(temporary: Path, destination: Path) -> None:
+    """Put the finished `temporary` at `destination`; at every moment one complete checkpoint is there.
+
+    A file is renamed over the old one (atomic). A folder is swapped with the old one in one
+    step where the system can (Linux); otherwise the old one is renamed aside first, so a kill
+    between the two renames leaves both, complete, beside each other.
+    """
+    if not destination.exists() or temporary.is_file():
+        os.replace(temporary, destination)
+    elif _exchange(temporary, destination):
+        shutil.rmtree(temporary)  # now the old checkpoint
+    else:
+        old = destination.with_name(f"{destination.name}.replaced-{os.getpid()}")
+        os.rename(destination, old)
+        os.rename(temporary, destination)
+        shutil.rmtree(old)
+    directory = os.open(destination.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _write_jax_checkpoint(hp: Any, train_state: Any, progress: Any, destination: Path) -> Path:
+    """Write (TrainState, progress) as a JAX run folder at `destination` via a temporary folder."""
+    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
+
+    temporary = _temporary_destination(destination)
+    checkpoints = TrainingCheckpoints(temporary, hp.run.max_allowed_checkpoints)
+    try:
+        checkpoints.save(train_state, progress)
+    finally:
+        checkpoints.close()
+    _move_into_place(temporary, destination)
+    return destination.resolve() / str(progress.consumed_batches)
 
 
 def _torch_training_objects(hp: Any) -> tuple[Any, Any, Any, Any]:
@@ -184,13 +263,14 @@ def torch_checkpoint_to_jax(hp: Any, source: str | Path, destination: str | Path
     """A PyTorch checkpoint file (ours or the original's) -> a new JAX checkpoint folder; returns the checkpoint."""
     import jax.numpy as jnp
 
-    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.checkpoints import TrainingProgress as JaxProgress
     from efficient_vdvae_jax.model.optimizers import build_optimizer as build_jax_optimizer
     from efficient_vdvae_jax.train_step import TrainState
     from efficient_vdvae_torch.checkpoints import load_checkpoint, restore_training_state
 
     source, destination = Path(source), Path(destination)
+    if _is_original_jax(source):
+        return original_jax_checkpoint_to(hp, source, destination, "jax", force)
     state = load_checkpoint(source)
     if state is None:
         raise ConversionError(f"no PyTorch checkpoint at {source}")
@@ -209,15 +289,8 @@ def torch_checkpoint_to_jax(hp: Any, source: str | Path, destination: str | Path
                              ema_params=_as_jax_tree(torch_state_dict_to_flax_params(hp, ema_model.state_dict())),
                              opt_state=opt_state,
                              skipped_updates=jnp.asarray(progress.gradient_skip_count, jnp.int32))
-    _remove(destination)
-    checkpoints = TrainingCheckpoints(destination, hp.run.max_allowed_checkpoints)
-    try:
-        jax_progress = JaxProgress(**dataclasses.asdict(progress))
-        checkpoints.save(train_state, jax_progress)
-    finally:
-        checkpoints.close()
-    return Converted(checkpoints.directory / str(jax_progress.consumed_batches), optimizer_count=count,
-                     **dataclasses.asdict(progress))
+    written = _write_jax_checkpoint(hp, train_state, JaxProgress(**dataclasses.asdict(progress)), destination)
+    return Converted(written, optimizer_count=count, **dataclasses.asdict(progress))
 
 
 def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path, step: int | None = None,
@@ -233,6 +306,8 @@ def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path
     from efficient_vdvae_torch.checkpoints import save_checkpoint, training_state
 
     source, destination = Path(source), Path(destination)
+    if _is_original_jax(source):
+        return original_jax_checkpoint_to(hp, source, destination, "torch", force)
     if not source.is_dir():
         raise ConversionError(f"{source} is not a JAX checkpoint folder"
                               + (" (a PyTorch checkpoint file? use to-jax)" if source.is_file() else ""))
@@ -274,6 +349,62 @@ def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path
     return Converted(destination, optimizer_count=int(adam.count), **counters)
 
 
+def _is_original_jax(source: Path) -> bool:
+    from efficient_vdvae_jax.original_checkpoint import is_original_checkpoint
+
+    return is_original_checkpoint(source)
+
+
+def original_jax_checkpoint_to(hp: Any, source: str | Path, destination: str | Path, framework: str,
+                               force: bool = False) -> Converted:
+    """A checkpoint of the original JAX code (msgpack file, orbax folder, or `checkpoints-<name>/` holding
+    `checkpoint_<step>`) -> our PyTorch checkpoint file (`framework='torch'`) or JAX checkpoint folder.
+
+    Carries the weights, EMA weights, Adam-family moments and counts, and the step; the skip counter
+    and data position (which the original did not save) start at 0.
+    """
+    import jax
+
+    from efficient_vdvae_jax.checkpoints import restore_original
+    from efficient_vdvae_jax.model import UniversalAutoEncoder
+    from efficient_vdvae_jax.trainer import abstract_train_state
+    from efficient_vdvae_torch.checkpoints import CheckpointError as TorchCheckpointError
+    from efficient_vdvae_torch.checkpoints import (ORIGINAL_JAX_KEY, load_checkpoint, restore_training_state,
+                                                   save_checkpoint, training_state)
+
+    source, destination = Path(source), Path(destination)
+    if framework not in ("torch", "jax"):
+        raise ConversionError(f"--framework must be 'torch' or 'jax', got {framework!r}")
+    if not source.exists():
+        raise ConversionError(f"no checkpoint at {source}")
+    _check_destination(source, destination, force, is_folder=framework == "jax")
+    if framework == "jax":
+        abstract = abstract_train_state(hp, UniversalAutoEncoder(hp),
+                                        jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+        train_state, progress = restore_original(source, abstract)
+        written = _write_jax_checkpoint(hp, train_state, progress, destination)
+        return Converted(written, optimizer_count=int(_adam_state(train_state.opt_state).count),
+                         notes=_original_notes(hp), **dataclasses.asdict(progress))
+
+    try:
+        state = load_checkpoint(source)
+    except TorchCheckpointError as error:
+        raise ConversionError(str(error)) from None
+    model, ema_model, optimizer, lr_schedule = _torch_training_objects(hp)
+    progress = restore_training_state(state, model, ema_model, optimizer, lr_schedule)
+    temporary = _temporary_destination(destination)
+    save_checkpoint(training_state(progress, model, ema_model, optimizer, lr_schedule), temporary)
+    _move_into_place(temporary, destination)
+    return Converted(destination, optimizer_count=state[ORIGINAL_JAX_KEY].optimizer_count,
+                     notes=_original_notes(hp), **dataclasses.asdict(progress))
+
+
+def _original_notes(hp: Any) -> str:
+    return (f"; not in the source, at their defaults: the skip counter (0) and the data position (epoch 0, "
+            f"batch 0); the moments are read as optimizer.type = {hp.optimizer.type!r} (the file does not "
+            "record the type)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from efficient_vdvae_jax.checkpoints import CheckpointError as JaxCheckpointError
     from efficient_vdvae_torch.checkpoints import CheckpointError as TorchCheckpointError
@@ -285,20 +416,31 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "run resumes with train.py of the other implementation.",
         epilog="to-jax SRC DST: SRC a PyTorch checkpoint file (checkpoints-<name>), DST a new JAX checkpoint "
                "folder. to-torch SRC DST: SRC a JAX checkpoint folder, DST a new PyTorch checkpoint file. "
+               "from-original-jax SRC DST --framework torch|jax: SRC a checkpoint of the original JAX code "
+               "(checkpoint_<step>, msgpack file or orbax folder, or the checkpoints-<name> folder holding it; "
+               "to-jax and to-torch recognise one too), DST as above. "
                "The config must describe the model that wrote SRC.")
     add_config_arguments(parser)
-    parser.add_argument("direction", choices=("to-jax", "to-torch"))
+    parser.add_argument("direction", choices=("to-jax", "to-torch", "from-original-jax"))
     parser.add_argument("source", type=Path, metavar="SRC", help="the checkpoint to read")
     parser.add_argument("destination", type=Path, metavar="DST", help="the checkpoint to write")
     parser.add_argument("--step", type=int, default=None,
                         help="to-torch: convert checkpoint SRC/STEP instead of the latest")
-    parser.add_argument("--force", action="store_true", help="replace an existing DST")
+    parser.add_argument("--framework", choices=("torch", "jax"), default=None,
+                        help="from-original-jax: write a checkpoint of our PyTorch or our JAX implementation")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing DST (a checkpoint only; swapped in once the new one is complete)")
     args = parser.parse_args(argv)
     if args.step is not None and args.direction != "to-torch":
         parser.error("--step applies to to-torch only")
+    if (args.framework is None) == (args.direction == "from-original-jax"):
+        parser.error("--framework torch|jax is required with from-original-jax, and applies to it only")
     hp = load_config_or_exit(args, save=False)
     try:
-        if args.direction == "to-jax":
+        if args.direction == "from-original-jax":
+            converted = original_jax_checkpoint_to(hp, args.source, args.destination, args.framework,
+                                                   force=args.force)
+        elif args.direction == "to-jax":
             converted = torch_checkpoint_to_jax(hp, args.source, args.destination, force=args.force)
         else:
             converted = jax_checkpoint_to_torch(hp, args.source, args.destination, step=args.step, force=args.force)

@@ -11,6 +11,13 @@ Writes are atomic (temp file, fsync, rename), so a process killed mid-write
 leaves the previous checkpoint intact. With `run.max_allowed_checkpoints > 1`
 the latest checkpoints are also kept, hard-linked, in
 `checkpoints-<name>.history/global_step-<N>`.
+
+A checkpoint of the original JAX code also loads (SPEC.md section 10): a
+`checkpoints-<name>/` folder holding `checkpoint_<step>` (msgpack file or orbax
+folder, where the original's README unzips the published models), or such a
+file itself. It is converted in memory; the first save of a run resumed from
+it moves that folder to `checkpoints-<name>.original-jax/` (nothing is
+deleted) and writes this trainer's file in its place.
 """
 from __future__ import annotations
 
@@ -30,6 +37,10 @@ ORIGINAL_KEYS = ("global_step", "model_state_dict", "ema_model_state_dict",
                  "optimizer_state_dict", "scheduler_state_dict")
 FORMAT_VERSION = 1
 _TEMP_MARKER = ".tmp-"
+# In a state from `load_checkpoint`: the OriginalJaxState it was converted from (never saved).
+ORIGINAL_JAX_KEY = "original_jax_state"
+ORIGINAL_JAX_SUFFIX = ".original-jax"
+LOADED_FROM_KEY = "loaded_from"  # added by load_checkpoint, never saved
 
 
 class CheckpointError(RuntimeError):
@@ -54,6 +65,19 @@ def history_dir(path: str | Path) -> Path:
     return path.with_name(path.name + ".history")
 
 
+def original_jax_backup(path: str | Path) -> Path:
+    """Where the first save puts an original-JAX checkpoints folder found at `path`."""
+    path = Path(path)
+    return path.with_name(path.name + ORIGINAL_JAX_SUFFIX)
+
+
+def _holds_original_jax(path: Path) -> bool:
+    """A folder with `checkpoint_<step>` entries, or an original orbax `checkpoint_<step>` folder."""
+    from efficient_vdvae_common.original_jax_checkpoint import CHECKPOINT_NAME, newest_checkpoint_in
+
+    return path.is_dir() and (newest_checkpoint_in(path) is not None or bool(CHECKPOINT_NAME.match(path.name)))
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -69,11 +93,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, max_allowed_checkpo
     """Atomically replace `path` with `state`; keep the newest `max_allowed_checkpoints` in the history."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and not _holds_original_jax(path):
+        raise CheckpointError(f"cannot write checkpoint {path}: it is a folder (is this a JAX run of the same "
+                              "name? use another run.name)")
     temp = path.with_name(f"{path.name}{_TEMP_MARKER}{os.getpid()}")
     with open(temp, "wb") as file:
         torch.save(state, file)
         file.flush()
         os.fsync(file.fileno())
+    if path.is_dir():
+        # Resumed from the original JAX code's checkpoints: keep them beside ours, delete nothing.
+        # Killed between the renames, `load_checkpoint` reads the moved folder.
+        backup = original_jax_backup(path)
+        if backup.exists():
+            temp.unlink()
+            raise CheckpointError(f"cannot move the original JAX checkpoints {path} aside: {backup} exists")
+        os.rename(path, backup)
+        print(f"moved the original JAX checkpoints {path} to {backup}; {path} is now this trainer's checkpoint",
+              flush=True)
     os.replace(temp, path)
     _fsync_dir(path.parent)
     if max_allowed_checkpoints > 1:
@@ -102,28 +139,92 @@ def remove_stale_temp_files(path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """Read a checkpoint without executing code (weights_only); None when there is none yet."""
+    """Read a checkpoint without executing code (weights_only); None when there is none yet.
+
+    An original-JAX checkpoint (folder or msgpack file) comes back converted (see the module doc).
+    """
     path = Path(path)
     if not path.exists():
+        if _holds_original_jax(original_jax_backup(path)):  # a save was killed between its two renames
+            return _load_original_jax(original_jax_backup(path), map_location)
         return None
     if path.is_dir():
+        if _holds_original_jax(path):
+            return _load_original_jax(path, map_location)
         raise CheckpointError(f"{path} is a directory; the PyTorch trainer expects the single checkpoint "
                               "file of the original layout (is this a JAX run of the same name?)")
+    with open(path, "rb") as file:
+        head = file.read(2)
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): a copy or a save that did not finish "
+                              "(this project's saves are atomic; restore the file or delete it to start afresh)")
+    from efficient_vdvae_common.original_jax_checkpoint import looks_like_original_msgpack
+
+    if looks_like_original_msgpack(head):
+        return _load_original_jax(path, map_location)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt or not a PyTorch checkpoint): "
+                              f"{detail}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     missing = [key for key in ORIGINAL_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the keys {missing}")
+    state[LOADED_FROM_KEY] = str(path)
     return state
 
 
+def _load_original_jax(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """An original-JAX checkpoint as this module's state dict (weights in the PyTorch layout)."""
+    from efficient_vdvae_common.original_jax_checkpoint import OriginalCheckpointError
+
+    try:
+        from efficient_vdvae_jax.original_checkpoint import read_original_checkpoint
+
+        original = read_original_checkpoint(path)
+    except OriginalCheckpointError as error:
+        raise CheckpointError(str(error)) from None
+
+    def tensors(which: str) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v).to(map_location) for k, v in original.torch_state_dict(which).items()}
+
+    print(f"converting {original.source}, a checkpoint of the original JAX code (step {original.step}); "
+          f"{original.defaults_note()}", flush=True)
+    return {"global_step": original.step, "model_state_dict": tensors("params"),
+            "ema_model_state_dict": tensors("ema_params"), "optimizer_state_dict": None,
+            "scheduler_state_dict": None, ORIGINAL_JAX_KEY: original, LOADED_FROM_KEY: str(original.source)}
+
+
 def is_original_checkpoint(state: dict[str, Any]) -> bool:
-    """True for a file written by the original Efficient-VDVAE code."""
-    return "format_version" not in state
+    """True for a file written by the original Efficient-VDVAE PyTorch code."""
+    return "format_version" not in state and ORIGINAL_JAX_KEY not in state
+
+
+def check_fits(state: dict[str, Any], model: nn.Module, path: str | Path) -> None:
+    """CheckpointError naming the first parameter whose saved shape differs from `model`'s (both shapes)."""
+    if ORIGINAL_JAX_KEY in state:
+        from efficient_vdvae_common.original_jax_checkpoint import OriginalCheckpointError
+        from efficient_vdvae_common.parameter_layouts import flax_shape
+
+        wanted = {key: flax_shape(key, tuple(value.shape)) for key, value in model.state_dict().items()}
+        try:
+            state[ORIGINAL_JAX_KEY].check_fits(wanted)
+        except OriginalCheckpointError as error:
+            raise CheckpointError(str(error)) from None
+        return
+    for name in ("model_state_dict", "ema_model_state_dict"):
+        saved, wanted = state[name], model.state_dict()
+        for key in list(saved) + [k for k in wanted if k not in saved]:
+            saved_shape = tuple(saved[key].shape) if key in saved else "missing"
+            wanted_shape = tuple(wanted[key].shape) if key in wanted else "missing"
+            if saved_shape != wanted_shape:
+                raise CheckpointError(
+                    f"checkpoint {path} does not fit the model config: parameter {key} ({name}) is {saved_shape} "
+                    f"there and {wanted_shape} in the config (a checkpoint of another architecture? a run's model "
+                    "settings cannot change; use another run.name)")
 
 
 def training_state(progress: TrainingProgress, model: nn.Module, ema_model: nn.Module,
@@ -149,24 +250,36 @@ def restore_training_state(state: dict[str, Any], model: nn.Module, ema_model: n
     """Load `state` into freshly built objects; returns the progress to continue from.
 
     `resume_from_ema` starts the trained weights from the EMA weights (the EMA
-    itself is restored either way).
+    itself is restored either way). A checkpoint that does not fit the model or
+    the optimizer raises CheckpointError naming the file.
     """
+    path = state.get(LOADED_FROM_KEY, "the checkpoint")
+    check_fits(state, model, path)
     model.load_state_dict(state["ema_model_state_dict" if resume_from_ema else "model_state_dict"])
     ema_model.load_state_dict(state["ema_model_state_dict"])
-    if is_original_checkpoint(state):
+    if ORIGINAL_JAX_KEY in state:
+        original = state[ORIGINAL_JAX_KEY]
+        _load_original_jax_moments(original, model, optimizer)
+        progress = TrainingProgress(global_step=original.step)
+    elif is_original_checkpoint(state):
         # The original saved the index of its last step: step k means k + 1 updates ran.
         global_step = int(state["global_step"]) + 1
         _load_original_optimizer_state(state["optimizer_state_dict"], state["model_state_dict"], model, optimizer)
         progress = TrainingProgress(global_step=global_step)
     else:
-        optimizer.load_state_dict(state["optimizer_state_dict"])
+        _check_optimizer_kind(state["optimizer_state_dict"], optimizer, path)
+        try:
+            optimizer.load_state_dict(state["optimizer_state_dict"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"checkpoint {path}: its optimizer state does not fit the configured "
+                                  f"optimizer ({error})") from None
         progress = TrainingProgress(global_step=int(state["global_step"]),
                                     gradient_skip_count=int(state["gradient_skip_count"]),
                                     data_epoch=int(state["data_epoch"]),
                                     data_batch=int(state["data_batch"]))
         scheduler.load_state_dict(state["scheduler_state_dict"])
-    if is_original_checkpoint(state):
-        # The original's scheduler classes (and step rules, SPEC section 12) are not ours:
+    if is_original_checkpoint(state) or ORIGINAL_JAX_KEY in state:
+        # The originals' scheduler classes (and step rules, SPEC section 12) are not ours:
         # set our closed-form learning rate at the restored step instead.
         scheduler.last_epoch = progress.global_step - 1
         with warnings.catch_warnings():
@@ -174,6 +287,43 @@ def restore_training_state(state: dict[str, Any], model: nn.Module, ema_model: n
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step", category=UserWarning)
             scheduler.step()
     return progress
+
+
+def second_moment_key(optimizer: torch.optim.Optimizer) -> str:
+    """torch's name of the second moment: the infinity norm for Adamax, the squared-gradient EMA otherwise."""
+    return "exp_inf" if isinstance(optimizer, torch.optim.Adamax) else "exp_avg_sq"
+
+
+def _optimizer_name(group_keys: set[str], moment_keys: set[str]) -> str:
+    """torch's Adam groups have `amsgrad`, RAdam's `decoupled_weight_decay` alone, Adamax's neither."""
+    if "exp_inf" in moment_keys or not group_keys & {"amsgrad", "decoupled_weight_decay"}:
+        return "Adamax"
+    return "Adam" if "amsgrad" in group_keys else "RAdam"
+
+
+def _check_optimizer_kind(saved: dict[str, Any], optimizer: torch.optim.Optimizer, path: Any) -> None:
+    """Refuse a checkpoint whose optimizer is of another type than the configured one (its moments differ)."""
+    saved_groups = saved.get("param_groups") or [{}]
+    saved_moments = {key for entry in saved.get("state", {}).values() for key in entry}
+    ours = optimizer.param_groups[0].keys()
+    saved_name = _optimizer_name(set(saved_groups[0]), saved_moments)
+    our_name = _optimizer_name(set(ours), {second_moment_key(optimizer)})
+    if saved_name != our_name:
+        raise CheckpointError(f"checkpoint {path} was trained with optimizer {saved_name}, the config says "
+                              f"optimizer.type = {our_name!r}: an optimizer cannot change on resume (set it back, "
+                              "or start a new run.name)")
+
+
+def _load_original_jax_moments(original: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The original JAX optimizer's moments (one count for all) as torch per-parameter state."""
+    first, second = original.torch_state_dict("mu"), original.torch_state_dict("nu")
+    key = second_moment_key(optimizer)
+    for name, parameter in model.named_parameters():
+        if original.optimizer_count:
+            optimizer.state[parameter] = {
+                "step": torch.tensor(float(original.optimizer_count)),
+                "exp_avg": torch.from_numpy(first[name]).to(parameter.device),
+                key: torch.from_numpy(second[name]).to(parameter.device)}
 
 
 def _load_original_optimizer_state(saved: dict[str, Any], saved_model_state: dict[str, Any], model: nn.Module,

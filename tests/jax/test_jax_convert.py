@@ -277,7 +277,12 @@ def test_existing_destination_needs_force(adamax_run, capsys, tmp_path):
     assert code == 2 and "notes.txt" in err
 
     target = tmp_path / "checkpoints-torch"
-    target.write_bytes(b"")
+    for unrelated in (b"", b"my notes"):  # not a checkpoint: kept, even with --force
+        target.write_bytes(unrelated)
+        code, err = run_main(capsys, run.cli("to-torch", str(folder), str(target), "--force"))
+        assert code == 2 and str(target) in err and "not a PyTorch checkpoint" in err
+        assert target.read_bytes() == unrelated
+    target.write_bytes(run.path.read_bytes())
     code, err = run_main(capsys, run.cli("to-torch", str(folder), str(target)))
     assert code == 2 and str(target) in err
     code, err = run_main(capsys, run.cli("to-torch", str(folder), str(target), "--force", "--step", "7"))
