@@ -151,8 +151,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "temperature_settings": Key("temperature_settings"),
         "output_temperature": Key("temperature"),
         "batch_size": Key("positive_int"),
-        # Added by this project: images drawn from the output distribution, or its mean.
-        "output_sampling": Key("str", "sample", choices=OUTPUT_SAMPLINGS),
     },
 }
 
