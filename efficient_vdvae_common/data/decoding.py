@@ -6,10 +6,10 @@ float and integer pixels with no fixed scale. Here every mode gets an
 explicit rule (SPEC section 1, "Image files"):
   - 16-bit grayscale (I;16*, and mode I from a PNG, which can only be 16-bit):
     the top 8 bits, v >> 8 (the inverse of the usual 8 -> 16 bit v * 257);
-  - transparency (RGBA, LA, PA, palettes with a transparent colour):
-    composited over black, round(c * a / 255), so that the colours hidden
-    under transparent pixels never reach the model; premultiplied RGBa/La
-    already hold those values;
+  - transparency (RGBA, LA, PA, palettes with a transparent colour): the
+    alpha channel is dropped, as the originals' `convert('RGB')` drops it,
+    so the pixels are the ones the published models saw; premultiplied
+    RGBa/La keep their (already multiplied) colour;
   - 1, L, P, RGB, RGBX, CMYK, YCbCr, LAB, HSV: Pillow's conversions;
   - anything else (F float, I from other formats, signed 16-bit, ...): refused.
 """
@@ -25,18 +25,11 @@ from PIL import Image
 from efficient_vdvae_common.data.errors import CorruptImageError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-ALPHA_MODES = ("RGBA", "LA", "PA")
 PREMULTIPLIED_MODES = ("RGBa", "La")
-PILLOW_CONVERTED_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+GRAY_MODES = ("1", "LA")
+PILLOW_CONVERTED_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 # What Pillow raises for truncated, broken or non-image files.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-
-
-def _composite_over_black(pixels: np.ndarray) -> np.ndarray:
-    """(H, W, C + 1) uint8 colour + alpha -> (H, W, C) uint8, round(c * a / 255) (never a tie)."""
-    colour = pixels[..., :-1].astype(np.uint32)
-    alpha = pixels[..., -1:].astype(np.uint32)
-    return ((colour * alpha + 127) // 255).astype(np.uint8)
 
 
 def _from_array(pixels: np.ndarray) -> Image.Image:
@@ -60,13 +53,8 @@ def to_8bit(image: Image.Image, path: str | os.PathLike, source_format: str | No
         return Image.fromarray((values >> 8).astype(np.uint8))
     if mode in PREMULTIPLIED_MODES:
         return _from_array(np.asarray(image)[..., :-1])
-    if mode == "P" and image.has_transparency_data:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ALPHA_MODES:
-        rgba_or_la = image.convert("LA" if mode == "LA" else "RGBA")
-        return _from_array(_composite_over_black(np.asarray(rgba_or_la).reshape(image.size[1], image.size[0], -1)))
     if mode in PILLOW_CONVERTED_MODES:
-        return image.convert("L" if mode == "1" else "RGB")
+        return image.convert("L" if mode in GRAY_MODES else "RGB")
     raise CorruptImageError(
         f"image file {path}: pixel mode {mode} ({'32-bit float' if mode == 'F' else 'no fixed 8-bit scale'}) "
         "is not supported; save it as an 8-bit or 16-bit PNG or JPEG")
