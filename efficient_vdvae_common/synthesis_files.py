@@ -84,17 +84,22 @@ def temperature_folder_name(index: int, setting: Any) -> str:
 @dataclass
 class ReconstructionMetrics:
     """Means over the synthesis set (sums over images / image count), in report units
-    (bits/dim; nats per image for binarized_mnist). `ssim` is None for binarized_mnist."""
+    (bits/dim; nats per image for binarized_mnist). `ssim` is None for binarized_mnist;
+    `iw_nll` (the importance-weighted bound with `num_importance_samples` samples) is None for K = 1,
+    where the bound is the NELBO itself."""
 
     nelbo: float
     recon: float
     kl_div: float
     ssim: float | None
     num_images: int
+    iw_nll: float | None = None
+    num_importance_samples: int = 1
 
     def summary(self) -> str:
         ssim = "" if self.ssim is None else f" | SSIM {self.ssim:.6f}"
-        return (f"NELBO {self.nelbo:.6f} | reconstruction {self.recon:.6f} | KL {self.kl_div:.6f}{ssim}"
+        iw = "" if self.iw_nll is None else f" | IW-NLL (K={self.num_importance_samples}) {self.iw_nll:.6f}"
+        return (f"NELBO {self.nelbo:.6f}{iw} | reconstruction {self.recon:.6f} | KL {self.kl_div:.6f}{ssim}"
                 f" | {self.num_images} images")
 
 

@@ -15,6 +15,7 @@ only by its temperatures.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,6 +27,8 @@ from tqdm import tqdm
 
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
+from efficient_vdvae_common.importance_sampling import (check_importance_settings, group_shapes,
+                                                        importance_weighted_nll, nats_to_report_units, sample_passes)
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
@@ -39,6 +42,7 @@ from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.autoencoder import num_latent_groups
 from efficient_vdvae_jax.model.latent_layers import stats_to_std
 from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, sample_output
+from efficient_vdvae_jax.model.losses import bernoulli_nll, mol_nll
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.trainer import abstract_train_state, local_mesh
 from hparams.saved_run import logs_dir
@@ -152,6 +156,9 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
     step = make_reconstruction_step(hp, model)
     mask_arrays = _jnp_masks(masks)
     totals, count = np.zeros(4), 0
+    check_importance_settings(hp)
+    num_samples, iw_total = hp.synthesis.num_importance_samples, 0.0
+    iw_step = make_importance_step(hp, model, hp.synthesis.batch_size) if num_samples > 1 else None
     for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "synthesis", with_names=True),
                                                     "reconstruction")):
         values, outputs = step(params, batch_key(hp.run.seed, index), x, mask_arrays,
@@ -163,6 +170,11 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
                              f"the reconstruction of {describe_images(names)}", _checkpoint_name(hp))
         totals += values.sum(axis=0)
         count += real
+        if iw_step is not None:
+            # Keys apart from the ELBO pass's: its numbers do not depend on K.
+            log_weights = importance_log_weights(iw_step, params, jax.random.fold_in(batch_key(hp.run.seed, index), 1),
+                                                 x[:real], num_samples, hp.synthesis.batch_size)
+            iw_total += float(nats_to_report_units(importance_weighted_nll(log_weights), hp).sum())
         targets = x[:real, MNIST_CROP, MNIST_CROP] if binarized else x[:real]
         output_images = model_space_to_uint8(np.asarray(outputs)[:real], binarized)
         target_images = model_space_to_uint8(targets, binarized)
@@ -175,7 +187,52 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
         raise DataError(f"the synthesis set ({hp.data.synthesis_data_path}) has no images")
     nelbo, recon, kl_div, ssim = (totals / count).tolist()
     return ReconstructionMetrics(nelbo=nelbo, recon=recon, kl_div=kl_div, ssim=None if binarized else ssim,
-                                 num_images=count)
+                                 num_images=count, iw_nll=iw_total / count if iw_step is not None else None,
+                                 num_importance_samples=num_samples)
+
+
+def _log_normal(z: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    """Per-row sum of log N(z; mean, std)."""
+    u = (z - mean) / std
+    return jnp.sum(-0.5 * u * u - jnp.log(std) - 0.5 * math.log(2.0 * math.pi), axis=(1, 2, 3))
+
+
+def make_importance_step(hp: Any, model: UniversalAutoEncoder, rows: int) -> Callable:
+    """`log_weights = step(params, rng, xs)`: per row of `xs` (rows, H, W, C) the log weight
+    `log p(x|z) + log p(z) - log q(z|x)` in nats of one posterior sample z (temperature 1)."""
+    base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+    shapes = group_shapes(hp)
+
+    def step(params, rng, xs):
+        model_rng, noise_rng = jax.random.split(rng)
+        noise = [jax.random.normal(key, (rows, size, size, variates), jnp.float32)
+                 for key, (variates, size) in zip(jax.random.split(noise_rng, len(shapes)), shapes)]
+        logits, posterior, prior = model.apply({"params": params}, model_rng, xs, noise=noise)
+        logits = logits.astype(jnp.float32)
+        nll = bernoulli_nll(xs, logits) if is_binarized_mnist(hp) else mol_nll(hp, xs, logits)
+        log_w = -jnp.sum(nll, axis=(1, 2))
+        for eps, post, pri in zip(noise, posterior, prior):
+            post = tuple(t.astype(jnp.float32) for t in post)
+            pri = tuple(t.astype(jnp.float32) for t in pri)
+            post_std, prior_std = stats_to_std(post, base, beta), stats_to_std(pri, base, beta)
+            z = eps * post_std + post[0]  # the z the model decoded
+            log_w += _log_normal(z, pri[0], prior_std) - _log_normal(z, post[0], post_std)
+        return log_w
+
+    return jax.jit(step)
+
+
+def importance_log_weights(step: Callable, params: Any, rng: jax.Array, x: np.ndarray, num_samples: int,
+                           rows_per_pass: int) -> np.ndarray:
+    """(B, K) log weights in nats of K posterior samples per image of `x`; the B*K rows go through
+    `step` (make_importance_step) in passes of `rows_per_pass`, the last one zero-padded."""
+    log_weights = []
+    for index, rows in enumerate(sample_passes(len(x), num_samples, rows_per_pass)):
+        xs = np.asarray(x)[rows]
+        if len(rows) < rows_per_pass:
+            xs = np.concatenate([xs, np.zeros((rows_per_pass - len(rows),) + xs.shape[1:], xs.dtype)])
+        log_weights.append(np.asarray(step(params, jax.random.fold_in(rng, index), xs), np.float64)[:len(rows)])
+    return np.concatenate(log_weights).reshape(len(x), num_samples)
 
 
 def make_generation_step(hp: Any, model: UniversalAutoEncoder, batch_size: int) -> Callable:

@@ -12,6 +12,7 @@ directory, like training): `synthesis-images/reconstructed/`,
 """
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import torch
 from tqdm import tqdm
 
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
+from efficient_vdvae_common.importance_sampling import (check_importance_settings, group_shapes,
+                                                        importance_weighted_nll, nats_to_report_units, sample_passes)
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (
@@ -40,6 +43,7 @@ from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_torch.model.latent_layers import gaussian_std
 from efficient_vdvae_torch.model.losses import kl_per_variate
 from efficient_vdvae_torch.model.output_distribution import MNIST_CROP
+from efficient_vdvae_torch.model.output_distribution import bernoulli_log_prob, mol_log_prob
 from efficient_vdvae_torch.model.ssim import ssim_per_image
 from hparams.saved_run import logs_dir
 
@@ -115,8 +119,12 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
     dist = model.output_distribution
     binarized = dist.bernoulli
     mask_list = None if masks is None else [torch.as_tensor(m, dtype=torch.float32) for m in masks]
-    totals = {"nelbo": 0.0, "recon": 0.0, "kl_div": 0.0, "ssim": 0.0}
+    totals = {"nelbo": 0.0, "recon": 0.0, "kl_div": 0.0, "ssim": 0.0, "iw_nll": 0.0}
     count = 0
+    check_importance_settings(hp)
+    num_samples = hp.synthesis.num_importance_samples
+    # Its own stream: the ELBO pass draws the same noise whatever K is.
+    iw_generator = torch.Generator().manual_seed(hp.run.seed)
     for x, names in _progress(create_dataloader(hp, "synthesis", with_names=True), "reconstruction"):
         x = x.to(device)
         logits, posterior_stats, prior_stats = model(x, variate_masks=mask_list,
@@ -133,6 +141,9 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
         targets = x[:, :, MNIST_CROP, MNIST_CROP] if binarized else x
         if not binarized:
             totals["ssim"] += ssim_per_image(targets * 127.5 + 127.5, outputs * 127.5 + 127.5).sum().item()
+        if num_samples > 1:
+            log_weights = importance_log_weights(hp, model, x, num_samples, hp.synthesis.batch_size, iw_generator)
+            totals["iw_nll"] += float(nats_to_report_units(importance_weighted_nll(log_weights), hp).sum())
         count += batch
 
         output_images = _to_uint8_images(outputs, binarized)
@@ -144,7 +155,42 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
                 write_png(output_dir / f"{stem}-target.png", target)
     return ReconstructionMetrics(
         nelbo=totals["nelbo"] / count, recon=totals["recon"] / count, kl_div=totals["kl_div"] / count,
-        ssim=None if binarized else totals["ssim"] / count, num_images=count)
+        ssim=None if binarized else totals["ssim"] / count, num_images=count,
+        iw_nll=totals["iw_nll"] / count if num_samples > 1 else None, num_importance_samples=num_samples)
+
+
+def _log_normal(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of log N(z; mean, std) (float64)."""
+    u = (z - mean) / std
+    log_density = -0.5 * u * u - torch.log(std) - 0.5 * math.log(2.0 * math.pi)
+    return log_density.double().flatten(1).sum(dim=1)
+
+
+@torch.no_grad()
+def importance_log_weights(hp: Any, model: UniversalAutoEncoder, x: torch.Tensor, num_samples: int,
+                           rows_per_pass: int, generator: torch.Generator | None = None) -> np.ndarray:
+    """(B, K) log weights `log p(x|z_k) + log p(z_k) - log q(z_k|x)` in nats, z_k ~ q(z|x) at temperature 1.
+
+    The B*K (image, sample) rows go through the model in passes of `rows_per_pass`.
+    """
+    dist = model.output_distribution
+    base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+    shapes = group_shapes(hp)
+    log_weights = []
+    for rows in sample_passes(x.shape[0], num_samples, rows_per_pass):
+        xs = x[torch.as_tensor(rows, device=x.device)]
+        noise = [torch.randn((len(rows), variates, size, size), generator=generator).to(x.device)
+                 for variates, size in shapes]
+        logits, posterior, prior = model(xs, noise=noise)
+        xs, logits = xs.float(), logits.float()
+        log_px = bernoulli_log_prob(xs, logits) if dist.bernoulli else mol_log_prob(xs, logits, dist)
+        log_w = log_px.double().flatten(1).sum(dim=1)
+        for eps, post, pri in zip(noise, posterior, prior):
+            post_std, prior_std = gaussian_std(post, base, beta).float(), gaussian_std(pri, base, beta).float()
+            z = eps * post_std + post[0].float()  # the z the model decoded
+            log_w += _log_normal(z, pri[0].float(), prior_std) - _log_normal(z, post[0].float(), post_std)
+        log_weights.append(log_w.cpu().numpy())
+    return np.concatenate(log_weights).reshape(x.shape[0], num_samples)
 
 
 @torch.no_grad()

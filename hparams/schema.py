@@ -150,6 +150,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "n_generation_batches": Key("positive_int"),
         "temperature_settings": Key("temperature_settings"),
         "output_temperature": Key("temperature"),
+        # Added by this project: samples per image of the importance-weighted NLL (1: the NELBO only).
+        "num_importance_samples": Key("positive_int", 1),
         "batch_size": Key("positive_int"),
     },
 }

@@ -1,0 +1,79 @@
+"""The importance-weighted NLL bound (SPEC.md section 8, synthesis.num_importance_samples), framework-free.
+
+With K posterior samples z_k ~ q(z | x) and log weights
+`w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x)` (nats),
+
+    -log p(x) <= -log (1/K) sum_k exp(w_k) <= -mean_k w_k,
+
+the bound tightening as K grows (Burda et al. 2016; NVAE reports it). Each
+framework computes the log weights with its own tensors; this module turns
+them into the bound and into report units, and plans the batched passes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import numpy as np
+
+MNIST_PIXELS = 28 * 28
+
+
+def importance_weighted_nll(log_weights: np.ndarray) -> np.ndarray:
+    """(N, K) log weights in nats -> (N,) bounds `-log mean_k exp(w_k)` in nats (float64, log-sum-exp).
+
+    K = 1 gives `-w` exactly.
+    """
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    if log_weights.ndim != 2 or log_weights.shape[1] == 0:
+        raise ValueError(f"log weights must be (images, samples) with samples >= 1, got {log_weights.shape}")
+    peak = np.max(log_weights, axis=1, keepdims=True)
+    if not np.all(np.isfinite(peak)):
+        raise ValueError("log weights hold a non-finite maximum")
+    log_mean = peak[:, 0] + np.log(np.mean(np.exp(log_weights - peak), axis=1))
+    return -log_mean
+
+
+def image_dims(hp: Any) -> int:
+    """Dimensions the likelihood covers: 784 for binarized_mnist (its 28x28 crop), else H * W * C."""
+    if hp.data.dataset_source == "binarized_mnist":
+        return MNIST_PIXELS
+    return hp.data.target_res * hp.data.target_res * hp.data.channels
+
+
+def nats_to_report_units(nats_per_image: np.ndarray, hp: Any) -> np.ndarray:
+    """Per-image nats -> the units NELBO is reported in: nats per image for binarized_mnist, else bits/dim."""
+    nats_per_image = np.asarray(nats_per_image, dtype=np.float64)
+    if hp.data.dataset_source == "binarized_mnist":
+        return nats_per_image
+    return nats_per_image / (image_dims(hp) * math.log(2.0))
+
+
+def group_shapes(hp: Any) -> list[tuple[int, int]]:
+    """(variates, resolution) of every latent group in top-down order (followers share their level's)."""
+    m = hp.model
+    resolution = hp.data.target_res // math.prod(m.down_strides)
+    shapes = []
+    for i, stride in enumerate(m.down_strides):
+        resolution *= stride
+        shapes += [(m.down_latent_variates[i], resolution)] * (1 + m.down_n_blocks_per_res[i])
+    return shapes
+
+
+def check_importance_settings(hp: Any) -> None:
+    """K > 1 needs every variate drawn from the posterior (the proposal of the bound)."""
+    from hparams import ConfigError
+
+    if hp.synthesis.num_importance_samples > 1 and hp.synthesis.mask_reconstruction:
+        raise ConfigError("synthesis.num_importance_samples > 1 cannot be combined with "
+                          "synthesis.mask_reconstruction = True (the bound samples every variate from the posterior)")
+
+
+def sample_passes(num_images: int, num_samples: int, rows_per_pass: int) -> Iterator[np.ndarray]:
+    """Rows (image index repeated per sample) of each forward pass: image i's K samples are rows
+    i*K .. i*K+K-1 of the flattened (images * samples) array, cut into passes of `rows_per_pass`."""
+    if num_samples < 1 or rows_per_pass < 1:
+        raise ValueError(f"need num_samples >= 1 and rows_per_pass >= 1, got {num_samples}, {rows_per_pass}")
+    rows = np.repeat(np.arange(num_images), num_samples)
+    for start in range(0, rows.size, rows_per_pass):
+        yield rows[start:start + rows_per_pass]
