@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from efficient_vdvae_common.data.decoding import open_8bit
 from efficient_vdvae_common.data.errors import DataError
 from efficient_vdvae_common.data.readers import list_image_files
 
@@ -140,10 +140,9 @@ def frechet_distance(mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, si
 
 
 def read_folder_images(folder: str | Path) -> Iterator[np.ndarray]:
-    """Every image file under `folder` (recursively, sorted), as uint8 RGB arrays."""
+    """Every image file under `folder` (recursively, sorted), as uint8 RGB arrays (the data loaders' pixel rules)."""
     for path in list_image_files(folder, f"FID image folder {folder}"):
-        with Image.open(path) as image:
-            yield np.asarray(image.convert("RGB"))
+        yield np.asarray(open_8bit(path, "RGB"))
 
 
 def fid(images_a: Iterable[np.ndarray], images_b: Iterable[np.ndarray], weights: str | Path | None = None,

@@ -133,7 +133,7 @@ BASE_BETAS = [("std", SMOOTHING_BETA), ("logstd", 1.0)]
 
 @pytest.mark.parametrize("base, beta", BASE_BETAS)
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(case=mixture_cases())
 def test_sub_pixel_probabilities_sum_to_one(framework, base, beta, case):
     params = _parameters(case["seed"], case["mixtures"], case["channels"], case["channel"], case["spread"], beta)
@@ -191,7 +191,7 @@ def framework_kl(framework: str, base: str, stats: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("base", ["std", "logstd"])
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**32 - 1), spread=st.sampled_from([0.01, 1.0, 4.0]))
 def test_gaussian_kl_is_non_negative_and_matches_the_closed_form(framework, base, seed, spread):
     rng = np.random.RandomState(seed)
