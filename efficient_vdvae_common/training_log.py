@@ -5,9 +5,48 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+
+
+class TrainingDiverged(RuntimeError):
+    """Training cannot go on: every update is skipped, or the weights are not finite.
+
+    The entry scripts print the message and exit with EXIT_DIVERGED; the last
+    (finite) checkpoint is left as it is.
+    """
+
+
+EXIT_DIVERGED = 3
+
+
+class SkipLimit:
+    """Counts consecutive skipped updates; `record` raises TrainingDiverged at `optimizer.max_consecutive_skips`.
+
+    A run whose every update is skipped (learning rate far too high, weights
+    that are NaN) would otherwise spin for ever without its step counter moving.
+    """
+
+    def __init__(self, hp: Any):
+        self.limit = int(hp.optimizer.max_consecutive_skips)
+        self.threshold = hp.optimizer.gradient_skip_threshold
+        self.consecutive = 0
+
+    def record(self, skipped: bool, progress: Any, grad_norm: float) -> None:
+        self.consecutive = self.consecutive + 1 if skipped else 0
+        if self.consecutive >= self.limit:
+            raise TrainingDiverged(
+                f"{self.consecutive} consecutive updates skipped at step {progress.global_step} "
+                f"(optimizer.max_consecutive_skips = {self.limit}; last gradient norm {grad_norm:.4g}, "
+                f"optimizer.gradient_skip_threshold = {self.threshold:g}): training diverged (learning rate too "
+                "high? non-finite weights?); stopping without writing a checkpoint")
+
+
+def non_finite_weights_message(what: str, step: int) -> str:
+    return (f"{what} are not finite (NaN or inf) at step {step}; refusing to write them as a checkpoint "
+            "(the previous checkpoint is kept)")
 
 
 class StopFlag:
@@ -37,6 +76,28 @@ class StopFlag:
         self.requested = True
         print(f"\n{signal.Signals(signum).name} received: finishing the current step, then checkpointing.",
               file=sys.stderr, flush=True)
+
+
+def ignore_stop_signals_in_worker(previous_init: Callable[[int], None] | None, worker_id: int) -> None:
+    """A data-loader worker's init: ignore SIGTERM/SIGINT, which the main process handles.
+
+    A signal to the whole process group (`timeout`, `scancel`, `kill -- -PGID`,
+    Ctrl-C) reaches the workers too; torch's own worker handler would let them
+    die and take the run down mid-step. The main process shuts them down.
+    """
+    for sig in StopFlag.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if previous_init is not None:
+        previous_init(worker_id)
+
+
+def check_run_folder(path: Path, run_name: str) -> None:
+    """A run folder (logs-<name>) that exists must be a folder: a one-line error (exit 2) otherwise."""
+    from hparams import ConfigError
+
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a folder: run.name = {run_name!r} keeps its logs and saved "
+                          "configuration there; move the file away or choose another run.name")
 
 
 def is_evaluation_step(step: int, interval: int, total_steps: int) -> bool:

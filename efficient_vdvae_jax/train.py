@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:
 import jax  # noqa: E402
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 from efficient_vdvae_jax.checkpoints import CheckpointError  # noqa: E402
 from efficient_vdvae_jax.trainer import Trainer  # noqa: E402
 from hparams import ConfigError  # noqa: E402
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
 
 

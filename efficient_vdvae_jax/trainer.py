@@ -26,9 +26,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
-from efficient_vdvae_common.training_log import (StopFlag, format_train_line, is_evaluation_step,
+from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
+                                                 format_train_line, is_evaluation_step, non_finite_weights_message,
                                                  per_group_scalars, train_scalars)
-from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress, checkpoint_dir
+from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, TrainingProgress, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.autoencoder import num_latent_groups
@@ -161,6 +162,18 @@ def log_batch_summaries(hp: Any, writer: TensorBoardWriter, step: int, x: np.nda
                      make_grid(model_space_to_uint8(samples[:IMAGES_PER_GRID], binarized)), step)
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def non_finite_weights(state: TrainState) -> str | None:
+    """'weights', 'EMA weights' (or both) when some parameter is NaN or inf, else None."""
+    bad = [name for name, tree in (("weights", state.params), ("EMA weights", state.ema_params))
+           if not bool(_all_finite(tree))]
+    return " and ".join(bad) or None
+
+
 def abstract_train_state(hp: Any, model: UniversalAutoEncoder, sharding: NamedSharding) -> TrainState:
     """Shapes, dtypes and the (replicated) sharding of the train state, without computing it."""
     def fresh_state(rng):
@@ -179,6 +192,7 @@ class Trainer:
         check_batch_sizes(hp, self.mesh.size)
         self.model = UniversalAutoEncoder(hp)
         self.logs = logs_dir(hp.run.name, root)
+        check_run_folder(self.logs, hp.run.name)
         self.checkpoints = TrainingCheckpoints(checkpoint_dir(hp.run.name, root), hp.run.max_allowed_checkpoints)
         first_epoch = create_iterator(hp, "train", num_devices=self.mesh.size, prefetch=1)
         first_epoch.close()
@@ -187,6 +201,11 @@ class Trainer:
                             f"batch (train.batch_size = {hp.train.batch_size}); nothing to train on")
         self.state, self.progress = self._initial_state()
         self.saved_progress = self.progress if self.checkpoints.latest() is not None else None
+        if self.saved_progress is not None and (bad := non_finite_weights(self.state)):
+            raise CheckpointError(f"checkpoint {self.checkpoints.directory}/{self.checkpoints.latest()} holds {bad} "
+                                  "that are not finite (NaN or inf): no update can be applied to them; resume "
+                                  "from an earlier step (delete the newest step folder) or start a new run.name")
+        self.skip_limit = SkipLimit(hp)
         self.train_step = make_train_step(hp, self.model)
         self.validation_step = make_validation_step(hp, self.model)
         self.writers = {mode: TensorBoardWriter(self.logs / mode) for mode in ("train", "val")}
@@ -252,6 +271,7 @@ class Trainer:
                                             num_latent_groups(hp)), flush=True)
                     self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
                     self.writers["train"].flush()
+                self.skip_limit.record(skipped, progress, float(stats["grad_norm"]))
                 if not skipped and is_evaluation_step(progress.global_step,
                                                       hp.train.checkpoint_and_eval_interval_in_steps,
                                                       hp.train.total_train_steps):
@@ -290,5 +310,8 @@ class Trainer:
         val_writer.flush()
 
     def save_checkpoint(self) -> None:
+        """Never writes non-finite weights."""
+        if bad := non_finite_weights(self.state):
+            raise TrainingDiverged(non_finite_weights_message(bad.capitalize(), self.progress.global_step))
         self.checkpoints.save(self.state, self.progress)
         self.saved_progress = self.progress

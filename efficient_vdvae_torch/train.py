@@ -19,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
 from efficient_vdvae_torch.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from efficient_vdvae_torch.trainer import Trainer  # noqa: E402
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingDiverged as error:
+        if ctx.is_main:
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     finally:
         shutdown_distributed()
     return 0

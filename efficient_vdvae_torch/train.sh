@@ -16,9 +16,11 @@
 #     NNODES=2 NODE_RANK=0 RDZV_ENDPOINT=10.0.0.1:29500 sh train.sh --config my.cfg
 #   which runs torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d
 #   --rdzv_endpoint=10.0.0.1:29500 instead of --standalone.
-# Stopping: SIGTERM to torchrun (or Ctrl-C) reaches every rank; they finish the
-# current step, rank 0 writes the checkpoint, the ranks exit 0 (torchrun itself
-# then reports the signal it got). torchrun kills ranks still running 30 s later.
+# Stopping: SIGTERM or SIGINT, to this script alone or to its whole process
+# group (timeout, scancel, kill -- -PGID, Ctrl-C), reaches every rank; they
+# finish the current step, rank 0 writes the checkpoint, and everything exits 0.
+# torchrun runs through launch.py, which forwards the signal to the ranks
+# instead of killing them; a second Ctrl-C aborts.
 set -eu
 
 SCRIPT_DIR=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
@@ -27,6 +29,11 @@ PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 if [ -z "${NUM_GPUS_PER_NODE:-}" ]; then
     NUM_GPUS_PER_NODE=$("$PYTHON" -c "import torch; print(max(1, torch.cuda.device_count()))")
 fi
+case "$NUM_GPUS_PER_NODE" in
+    '' | *[!0-9]* | 0 | 0[0-9]*)
+        echo "error: NUM_GPUS_PER_NODE=$NUM_GPUS_PER_NODE: expected a positive whole number (the processes to start on this machine)" >&2
+        exit 2 ;;
+esac
 
 if [ "${NNODES:-1}" -gt 1 ]; then
     : "${NODE_RANK:?set NODE_RANK (0..NNODES-1) for a multi-node run}"
@@ -38,4 +45,4 @@ else
     set -- --standalone --nnodes=1 --nproc_per_node="$NUM_GPUS_PER_NODE" "$SCRIPT_DIR/train.py" "$@"
 fi
 
-exec "$PYTHON" -m torch.distributed.run "$@"
+exec "$PYTHON" "$SCRIPT_DIR/launch.py" "$@"

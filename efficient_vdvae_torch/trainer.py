@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import random
 import sys
 import time
@@ -22,9 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
-from efficient_vdvae_common.training_log import (StopFlag, format_train_line, is_evaluation_step,
-                                                 per_group_scalars, train_scalars)
-from efficient_vdvae_torch.checkpoints import (TrainingProgress, checkpoint_path, load_checkpoint,
+from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
+                                                 format_train_line, ignore_stop_signals_in_worker,
+                                                 is_evaluation_step, non_finite_weights_message, per_group_scalars,
+                                                 train_scalars)
+from efficient_vdvae_torch.checkpoints import (CheckpointError, TrainingProgress, checkpoint_path, load_checkpoint,
                                                remove_stale_temp_files, restore_training_state, save_checkpoint,
                                                training_state)
 from efficient_vdvae_torch.data import create_dataloader
@@ -92,6 +95,15 @@ def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> T
     if hp.run.compile:
         step_model = torch.compile(step_model)
     return TrainingSetup(model, ema_model, step_model, optimizer, lr_schedule, progress, noise)
+
+
+def non_finite_weights(setup: TrainingSetup) -> str | None:
+    """'weights', 'EMA weights' (or both) when some parameter is NaN or inf, else None."""
+    def finite(model: nn.Module) -> bool:
+        return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+    bad = [name for name, model in (("weights", setup.model), ("EMA weights", setup.ema_model)) if not finite(model)]
+    return " and ".join(bad) or None
 
 
 def batch_ssim(hp: Any, targets: torch.Tensor, outputs: torch.Tensor) -> float:
@@ -215,14 +227,22 @@ class Trainer:
         self.ctx = ctx
         self.checkpoint_file = checkpoint_path(hp.run.name, root)
         self.logs = logs_dir(hp.run.name, root)
+        check_run_folder(self.logs, hp.run.name)
         if ctx.is_main:
             remove_stale_temp_files(self.checkpoint_file)
         self.setup = build_training(hp, ctx, self.checkpoint_file)
+        if self.checkpoint_file.exists() and (bad := non_finite_weights(self.setup)):
+            raise CheckpointError(f"checkpoint {self.checkpoint_file} holds {bad} that are not finite (NaN or "
+                                  "inf): no update can be applied to them; resume from an earlier checkpoint "
+                                  f"({self.checkpoint_file.name}.history/) or start a new run.name")
+        self.skip_limit = SkipLimit(hp)
         self.train_loader = create_dataloader(hp, "train", rank=ctx.rank, world_size=ctx.world_size)
         if len(self.train_loader) == 0:
             raise DataError(f"the train split ({hp.data.train_data_path}) has fewer images than one global "
                             f"batch (train.batch_size = {hp.train.batch_size}); nothing to train on")
         self.val_loader = create_dataloader(hp, "val", rank=ctx.rank, world_size=ctx.world_size)
+        for loader in (self.train_loader, self.val_loader):  # stop signals are the main process's
+            loader.worker_init_fn = functools.partial(ignore_stop_signals_in_worker, loader.worker_init_fn)
         self.writers = None
         if ctx.is_main:
             self.writers = {mode: TensorBoardWriter(self.logs / mode) for mode in ("train", "val")}
@@ -291,6 +311,7 @@ class Trainer:
                 if self.writers:
                     self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
                     self.writers["train"].flush()
+            self.skip_limit.record(stats["skipped"], progress, stats["grad_norm"])
             if not stats["skipped"] and is_evaluation_step(progress.global_step,
                                                           hp.train.checkpoint_and_eval_interval_in_steps,
                                                           hp.train.total_train_steps):
@@ -328,7 +349,12 @@ class Trainer:
         val_writer.flush()
 
     def save_checkpoint(self) -> None:
-        """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint being written."""
+        """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint being written.
+
+        Non-finite weights are never written (every rank checks its identical copy, so all stop).
+        """
+        if bad := non_finite_weights(self.setup):
+            raise TrainingDiverged(non_finite_weights_message(bad.capitalize(), self.progress.global_step))
         if self.ctx.is_main:
             setup = self.setup
             save_checkpoint(training_state(self.progress, setup.model, setup.ema_model, setup.optimizer,

@@ -124,6 +124,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "gradient_clip_norm_value": Key("positive_float"),
         "gradient_skip": Key("bool"),
         "gradient_skip_threshold": Key("positive_float"),
+        # Added by this project: stop a run whose every update is skipped.
+        "max_consecutive_skips": Key("positive_int", 100),
     },
     "init": {
         "batch_size": Key("positive_int"),

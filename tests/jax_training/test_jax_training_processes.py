@@ -1,6 +1,7 @@
 """Whole JAX training processes: exact resume, 2 devices vs 1, stop signals. Slow: each run compiles anew."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 
@@ -83,15 +84,19 @@ def test_two_devices_match_one(run_overrides, tmp_path):
         assert events["two"][tag] == pytest.approx(value, rel=1e-5, abs=1e-6), tag
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_finishes_the_step_checkpoints_and_exits_0(run_overrides, tmp_path, signal_number):
+@pytest.mark.parametrize("signal_number, whole_group", [
+    (signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_stop_signal_finishes_the_step_checkpoints_and_exits_0(run_overrides, tmp_path, signal_number, whole_group):
     overrides = run_overrides("stopped", "train.total_train_steps=100000")
     process = subprocess.Popen(train_command(overrides), cwd=tmp_path, env=jax_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for line in process.stdout:
             if line.startswith("step 2/"):
-                process.send_signal(signal_number)
+                if whole_group:  # timeout, scancel, kill -- -PGID
+                    os.killpg(process.pid, signal_number)
+                else:
+                    process.send_signal(signal_number)
                 break
         stdout, stderr = process.communicate(timeout=300)
     finally:

@@ -69,7 +69,8 @@ def test_two_ranks_match_one_process(run_overrides, tmp_path, assert_same_tree):
 
 @pytest.mark.parametrize("signal_number, whole_group", [
     (signal.SIGTERM, False),  # a scheduler stopping the job
-    (signal.SIGINT, True),  # Ctrl-C in a terminal: the data-loader workers get it too
+    (signal.SIGTERM, True),  # timeout, scancel, kill -- -PGID: the data-loader workers get it too
+    (signal.SIGINT, True),  # Ctrl-C in a terminal
 ])
 def test_stop_signal_finishes_the_step_checkpoints_and_exits_0(run_overrides, tmp_path, signal_number,
                                                                whole_group):
@@ -95,4 +96,29 @@ def test_stop_signal_finishes_the_step_checkpoints_and_exits_0(run_overrides, tm
     state = load_checkpoint(tmp_path / "checkpoints-stop")
     assert state["global_step"] >= 2
     assert state["data_epoch"] * 3 + state["data_batch"] == state["global_step"] + state["gradient_skip_count"]
+    assert f"stopped by signal at step {state['global_step']}" in out
+
+
+@pytest.mark.slow  # two ranks on a shared CPU: about a minute
+def test_sigterm_to_the_process_group_of_train_sh_with_two_ranks(run_overrides, tmp_path):
+    """Issue 12 item 2: `sh train.sh` with 2 ranks, SIGTERM to the whole group (launcher, ranks, workers):
+    the ranks finish the step, rank 0 checkpoints, and the script exits 0 without a traceback."""
+    overrides = run_overrides("group", "train.total_train_steps=100000",
+                              "train.checkpoint_and_eval_interval_in_steps=100000", "run.num_gpus=2")
+    process = subprocess.Popen(["sh", str(TRAIN_SH), "--config", str(CONFIG), "--set", *overrides], cwd=tmp_path,
+                               env=_env(NUM_GPUS_PER_NODE="2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("step 2/"):
+                break
+        os.killpg(process.pid, signal.SIGTERM)
+        out, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "SignalException" not in err, err[-3000:]
+    state = load_checkpoint(tmp_path / "checkpoints-group")
+    assert state["global_step"] >= 2
     assert f"stopped by signal at step {state['global_step']}" in out
