@@ -46,6 +46,11 @@ class CheckpointMismatch(CheckpointError):
 
 
 UNREADABLE_SUFFIX = ".unreadable"
+OPTIMIZER_KEY = "optimizer_type"  # in the progress JSON
+
+
+def _canonical_optimizer(name: str) -> str:
+    return "RAdam" if name == "Radam" else name  # the JAX original's spelling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +73,15 @@ def checkpoint_dir(run_name: str, root: str | Path = ".") -> Path:
 class TrainingCheckpoints:
     """Save and restore (TrainState, TrainingProgress) pairs of one run."""
 
-    def __init__(self, directory: str | Path, max_to_keep: int):
+    def __init__(self, directory: str | Path, max_to_keep: int, optimizer_type: str | None = None):
+        """`optimizer_type` (optimizer.type): saved with each checkpoint and checked on restore, since
+        Adamax, Adam and RAdam keep the same moment trees (None: not checked, not saved)."""
         self.directory = Path(directory).resolve()
+        self.optimizer_type = None if optimizer_type is None else _canonical_optimizer(optimizer_type)
         if self.directory.exists() and not self.directory.is_dir():
+            if self.directory.stat().st_size == 0:
+                raise CheckpointError(f"{self.directory} is an empty file (0 bytes), not a checkpoint folder: the "
+                                      "JAX trainer keeps its checkpoints in a folder of that name (remove the file)")
             raise CheckpointError(f"{self.directory} is a file; the JAX trainer keeps its checkpoints in a folder "
                                   "of that name (is this a PyTorch run of the same name? use another run.name)")
         if max_to_keep < 1:
@@ -97,9 +108,12 @@ class TrainingCheckpoints:
 
     def save(self, state: TrainState, progress: TrainingProgress) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        saved = dataclasses.asdict(progress)
+        if self.optimizer_type is not None:
+            saved[OPTIMIZER_KEY] = self.optimizer_type
         self.manager.save(progress.consumed_batches, args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardSave(state),
-            PROGRESS_ITEM: ocp.args.JsonSave(dataclasses.asdict(progress)),
+            PROGRESS_ITEM: ocp.args.JsonSave(saved),
         }))
         self.manager.wait_until_finished()
 
@@ -144,6 +158,12 @@ class TrainingCheckpoints:
             detail = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise CheckpointError(f"checkpoint {self.directory / str(checkpoint)} is incomplete or corrupt "
                                   f"({detail[:300]})") from None
+        saved_optimizer = restored[PROGRESS_ITEM].get(OPTIMIZER_KEY)
+        if None not in (saved_optimizer, self.optimizer_type) and saved_optimizer != self.optimizer_type:
+            raise CheckpointMismatch(
+                f"checkpoint {self.directory / str(checkpoint)} was trained with optimizer {saved_optimizer}, the "
+                f"config says optimizer.type = {self.optimizer_type!r}: an optimizer cannot change on resume (set "
+                "it back, or start a new run.name)")
         return restored[STATE_ITEM], progress
 
     def _check_param_shapes(self, checkpoint: int, abstract_state: TrainState) -> None:

@@ -238,7 +238,7 @@ def _write_jax_checkpoint(hp: Any, train_state: Any, progress: Any, destination:
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
 
     temporary = _temporary_destination(destination)
-    checkpoints = TrainingCheckpoints(temporary, hp.run.max_allowed_checkpoints)
+    checkpoints = TrainingCheckpoints(temporary, hp.run.max_allowed_checkpoints, optimizer_type=hp.optimizer.type)
     try:
         checkpoints.save(train_state, progress)
     finally:
@@ -345,7 +345,9 @@ def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path
         warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step", category=UserWarning)
         lr_schedule.step()
     counters = dataclasses.asdict(progress)  # the same four fields in both implementations
-    save_checkpoint(training_state(TorchProgress(**counters), model, ema_model, optimizer, lr_schedule), destination)
+    temporary = _temporary_destination(destination)
+    save_checkpoint(training_state(TorchProgress(**counters), model, ema_model, optimizer, lr_schedule), temporary)
+    _move_into_place(temporary, destination)
     return Converted(destination, optimizer_count=int(adam.count), **counters)
 
 

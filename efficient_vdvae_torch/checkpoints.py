@@ -22,6 +22,7 @@ deleted) and writes this trainer's file in its place.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -117,6 +118,32 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, max_allowed_checkpo
         _add_to_history(path, int(state["global_step"]), max_allowed_checkpoints)
 
 
+_HISTORY_ENTRY = re.compile(r"^global_step-(\d+)$")
+
+
+def _history_entries(history: Path) -> list[Path]:
+    """This trainer's entries of a history folder, oldest first (anything else is left alone)."""
+    entries = [(int(m.group(1)), p) for p in history.iterdir() if (m := _HISTORY_ENTRY.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(entries)]
+
+
+def check_history(path: str | Path) -> None:
+    """CheckpointError naming the first entry of `checkpoints-<name>.history/` that this trainer did not write.
+
+    Checked when a run starts, not when it first saves hours later: the trainer deletes old entries there.
+    """
+    history = history_dir(path)
+    if not history.exists():
+        return
+    if not history.is_dir():
+        raise CheckpointError(f"{history} is a file; the trainer keeps earlier checkpoints in a folder of that "
+                              "name (move the file away)")
+    for entry in sorted(history.iterdir()):
+        if not (_HISTORY_ENTRY.match(entry.name) and entry.is_file()):
+            raise CheckpointError(f"{entry} is not a checkpoint of this run: the trainer manages "
+                                  f"{history}/ (keeps and deletes global_step-<N> files); move it out of there")
+
+
 def _add_to_history(path: Path, global_step: int, keep: int) -> None:
     history = history_dir(path)
     history.mkdir(exist_ok=True)
@@ -126,8 +153,7 @@ def _add_to_history(path: Path, global_step: int, keep: int) -> None:
         os.link(path, entry)  # shares the bytes with the latest file
     except OSError:
         shutil.copy2(path, entry)
-    entries = sorted(history.glob("global_step-*"), key=lambda p: int(p.name.split("-")[-1]))
-    for old in entries[:-keep]:
+    for old in _history_entries(history)[:-keep]:
         old.unlink()
 
 
@@ -144,6 +170,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     An original-JAX checkpoint (folder or msgpack file) comes back converted (see the module doc).
     """
     path = Path(path)
+    check_history(path)
     if not path.exists():
         if _holds_original_jax(original_jax_backup(path)):  # a save was killed between its two renames
             return _load_original_jax(original_jax_backup(path), map_location)

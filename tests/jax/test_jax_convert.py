@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -289,3 +290,68 @@ def test_existing_destination_needs_force(adamax_run, capsys, tmp_path):
     assert code == 2 and "[5]" in err
     main(run.cli("to-torch", str(folder), str(target), "--force", "--step", "5"))
     assert load_checkpoint(target)["global_step"] == PROGRESS.global_step
+
+
+# ---- --force never loses both checkpoints (issue 12 item 3): SIGKILL while the new one is written.
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _kill_when_writing(args: list[str], destination, timeout: float = 600) -> bool:
+    """Run the converter; SIGKILL it as soon as its temporary destination appears. True if it was killed there."""
+    import signal
+    import time
+
+    process = _start(args)
+    deadline = time.monotonic() + timeout
+    try:
+        prefix = destination.name + ".converting-"
+        while process.poll() is None and time.monotonic() < deadline:
+            if any(name.startswith(prefix) for name in os.listdir(destination.parent)):
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return True
+            time.sleep(0.001)
+        return False
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", ["to-jax", "to-torch"])
+def test_sigkill_during_forced_replacement_keeps_the_old_checkpoint(tmp_path, direction):
+    old = TorchRun(tmp_path / "checkpoints-old")  # step 2, as PROGRESS
+    new_progress = dataclasses.replace(PROGRESS, global_step=7)
+    new_path = tmp_path / "checkpoints-new"
+    save_checkpoint(training_state(new_progress, old.model, old.ema_model, old.optimizer, old.lr_schedule), new_path)
+    if direction == "to-jax":
+        destination, sources = tmp_path / "checkpoints-jax", (old.path, new_path)
+        main(old.cli("to-jax", str(old.path), str(destination)))
+    else:  # JAX sources of both steps
+        destination = tmp_path / "checkpoints-torch"
+        sources = (tmp_path / "jax-old", tmp_path / "jax-new")
+        main(old.cli("to-jax", str(old.path), str(sources[0])))
+        main(old.cli("to-jax", str(new_path), str(sources[1])))
+        main(old.cli("to-torch", str(sources[0]), str(destination)))
+
+    def step_at_destination() -> int:
+        if direction == "to-jax":
+            return restore_jax(old.hp, destination)[1].global_step
+        return int(load_checkpoint(destination)["global_step"])
+
+    assert step_at_destination() == 2
+    for _ in range(5):  # the write window is short: retry until the kill lands in it
+        if _kill_when_writing(old.cli(direction, str(sources[1]), str(destination), "--force"), destination):
+            break
+        assert step_at_destination() == 7  # finished before the kill: put the old one back and retry
+        main(old.cli(direction, str(sources[0]), str(destination), "--force"))
+    else:
+        pytest.fail("no SIGKILL landed while the converter was writing")
+    assert step_at_destination() == 2  # the old checkpoint, complete
+    main(old.cli(direction, str(sources[1]), str(destination), "--force"))
+    assert step_at_destination() == 7
+    assert not list(tmp_path.glob("*.converting-*"))  # the killed run's leftovers are gone
