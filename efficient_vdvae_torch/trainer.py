@@ -36,7 +36,8 @@ from efficient_vdvae_torch.model import UniversalAutoEncoder
 from efficient_vdvae_torch.model.output_distribution import OutputDistribution, mol_log_scales, split_mol_logits
 from efficient_vdvae_torch.model.ssim import ssim_metric
 from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, eval_step, train_step
-from efficient_vdvae_torch.training_noise import TRAIN_STREAM, VALIDATION_STREAM, SeededLatentNoise
+from efficient_vdvae_torch.training_noise import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
+                                                  VALIDATION_STREAM, SeededLatentNoise)
 from hparams import ConfigError
 from hparams.saved_run import logs_dir
 
@@ -83,8 +84,8 @@ def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> T
                                           resume_from_ema=hp.train.resume_from_ema)
         del state
 
-    # Posterior noise comes from SeededLatentNoise; the global RNG (output samples for SSIM and
-    # images) differs per rank so that ranks do not draw the same numbers.
+    # Posterior noise and output samples come from SeededLatentNoise's derived generators (resume
+    # needs no RNG state); the global RNG, used by nothing in training, differs per rank all the same.
     torch.manual_seed(hp.run.seed + ctx.rank)
     noise = SeededLatentNoise(hp, ctx.rank, ctx.world_size, ctx.device)
     noise.attach(model)
@@ -122,7 +123,8 @@ def validate(hp: Any, model: nn.Module, loader: torch.utils.data.DataLoader, ctx
     Each rank sums batch means weighted by batch size; the sums and the image
     counts are added over ranks, so uneven last batches weigh correctly. With
     `noise`, the posterior noise (hence every mean but SSIM, which samples the
-    output) is the same for any number of ranks.
+    output) is the same for any number of ranks, and the output samples are
+    derived from (seed, batch index, rank); without it both use the global RNG.
     """
     was_training = model.training
     totals = None
@@ -133,7 +135,8 @@ def validate(hp: Any, model: nn.Module, loader: torch.utils.data.DataLoader, ctx
         if noise is not None:
             noise.set_batch(VALIDATION_STREAM, index, min(global_batch, num_images - index * global_batch))
         stats = eval_step(hp, model, x)
-        samples = model.sample_output(stats["logits"])
+        samples = model.sample_output(stats["logits"], generator=None if noise is None else
+                                      noise.output_generator(VALIDATION_OUTPUT_STREAM, index))
         batch = x.shape[0]
         values = [stats["recon_report"], stats["kl_div"], stats["nelbo"]]
         row = torch.tensor(values + [batch_ssim(hp, x, samples)], dtype=torch.float64)
@@ -330,7 +333,8 @@ class Trainer:
         val_scalars, val_avg_kl, first_val = validate(hp, setup.model, self.val_loader, self.ctx, setup.noise)
         if not self.ctx.is_main:
             return
-        train_samples = setup.model.sample_output(train_stats["logits"])
+        train_samples = setup.model.sample_output(train_stats["logits"],
+                                                  generator=setup.noise.output_generator(SUMMARY_STREAM, step))
         train_ssim = batch_ssim(hp, train_x, train_samples)
         view.line(f"step {step} | train nelbo {train_stats['nelbo']:.4f} ssim {train_ssim:.4f}"
                   f" | val recon {val_scalars['recon_report']:.4f} kl {val_scalars['kl_div']:.4f}"

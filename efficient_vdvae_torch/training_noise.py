@@ -9,6 +9,10 @@ generator seeded by (run.seed, stream, batch counter) and keeps its own rows
 same computation for any world size, and resuming needs no RNG state. The
 cost is drawing world_size times more (small) noise tensors than needed.
 
+The output samples (SSIM, TensorBoard images) come from `output_generator`,
+seeded the same way plus the rank: each rank samples its own images, and a
+resumed run draws what an unbroken one draws.
+
 The noise goes in through the model's public `noise=` argument (SPEC section
 11), from a forward pre-hook armed for one forward pass by `set_batch`.
 """
@@ -22,6 +26,8 @@ from torch import nn
 
 TRAIN_STREAM = 0
 VALIDATION_STREAM = 1
+SUMMARY_STREAM = 2  # output samples of the last train batch at evaluation step s (counter: s)
+VALIDATION_OUTPUT_STREAM = 3  # output samples of validation batch i (counter: i)
 
 
 def latent_noise_shapes(hp: Any) -> list[tuple[int, int, int]]:
@@ -36,9 +42,9 @@ def latent_noise_shapes(hp: Any) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def noise_seed(seed: int, stream: int, counter: int) -> int:
-    """A 64-bit generator seed for (run seed, stream, batch counter), well mixed by SeedSequence."""
-    return int(np.random.SeedSequence([seed, stream, counter]).generate_state(1, dtype=np.uint64)[0])
+def noise_seed(seed: int, stream: int, counter: int, *more: int) -> int:
+    """A 64-bit generator seed for (run seed, stream, batch counter, ...), well mixed by SeedSequence."""
+    return int(np.random.SeedSequence([seed, stream, counter, *more]).generate_state(1, dtype=np.uint64)[0])
 
 
 def rank_rows(global_batch: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -86,6 +92,13 @@ class SeededLatentNoise:
         generator.manual_seed(noise_seed(self.seed, stream, counter))
         return [torch.randn((global_batch, *shape), generator=generator, device=self.device)[first:first + count]
                 for shape in self.shapes]
+
+    def output_generator(self, stream: int, counter: int) -> torch.Generator:
+        """The generator of this rank's output samples of batch `counter` of `stream`
+        (SUMMARY_STREAM or VALIDATION_OUTPUT_STREAM): derived, never saved."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(noise_seed(self.seed, stream, counter, self.rank))
+        return generator
 
     def attach(self, model: nn.Module) -> torch.utils.hooks.RemovableHandle:
         """Install the hook on the unwrapped model (DDP and compile call through it)."""

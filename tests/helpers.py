@@ -56,3 +56,39 @@ def write_random_pngs(folder: Path, names: Iterable[str], seed: int, size: int =
 
 def numbered_pngs(count: int, prefix: str = "img_") -> list[str]:
     return [f"{prefix}{index:03d}.png" for index in range(count)]
+
+
+# Wall-clock scalars: the only logged values that may differ between two runs of the same steps.
+TIMING_SCALARS = ("Stats/seconds_per_step",)
+
+
+def event_records(path: Path) -> Iterable[bytes]:
+    """The serialized events of one TensorBoard event file (TFRecord framing: length, its CRC, data,
+    its CRC), read without TensorFlow; a truncated last record (a killed writer) ends the file."""
+    data = Path(path).read_bytes()
+    offset = 0
+    while offset + 12 <= len(data):
+        length = int.from_bytes(data[offset:offset + 8], "little")
+        end = offset + 12 + length + 4
+        if end > len(data):
+            return
+        yield data[offset + 12:offset + 12 + length]
+        offset = end
+
+
+def logged_scalars(logs: Path, skip: Iterable[str] = TIMING_SCALARS) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a run's TensorBoard event files (all files of logs/train and logs/val, so every
+    process of a resumed run), as {"mode/tag": [(step, value), ...] sorted}; a step logged twice
+    appears twice."""
+    from tensorboard.compat.proto import event_pb2
+
+    skip = set(skip)
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for mode in ("train", "val"):
+        for path in sorted((Path(logs) / mode).glob("events.out.tfevents.*")):
+            for record in event_records(path):
+                event = event_pb2.Event.FromString(record)
+                for value in event.summary.value:
+                    if value.WhichOneof("value") == "simple_value" and value.tag not in skip:
+                        scalars.setdefault(f"{mode}/{value.tag}", []).append((event.step, value.simple_value))
+    return {tag: sorted(values) for tag, values in scalars.items()}

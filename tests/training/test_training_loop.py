@@ -12,6 +12,7 @@ from efficient_vdvae_torch.distributed import DistributedContext
 from efficient_vdvae_torch.model import UniversalAutoEncoder
 from efficient_vdvae_torch.train_step import eval_step
 from efficient_vdvae_torch.trainer import Trainer, validate
+from tests.helpers import logged_scalars
 
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -22,12 +23,15 @@ def _train(make_config, run_overrides, root, name, *extra):
 
 
 def test_resume_is_exact(make_config, run_overrides, tmp_path, assert_same_tree):
-    """4 steps straight == 2 steps, a new process-like Trainer, 2 more (crossing an epoch of 3 batches)."""
-    straight = _train(make_config, run_overrides, tmp_path, "straight", "train.total_train_steps=4")
-    _train(make_config, run_overrides, tmp_path, "resumed", "train.total_train_steps=2")
+    """4 steps straight == 2 steps, a new process-like Trainer, 2 more (crossing an epoch of 3 batches):
+    the same checkpoint and every logged scalar (SSIM's output samples included) bit for bit."""
+    every_2 = "train.checkpoint_and_eval_interval_in_steps=2"  # both runs evaluate at steps 1, 2 and 4
+    straight = _train(make_config, run_overrides, tmp_path, "straight", "train.total_train_steps=4", every_2)
+    _train(make_config, run_overrides, tmp_path, "resumed", "train.total_train_steps=2", every_2)
     halfway = load_checkpoint(tmp_path / "checkpoints-resumed")
     assert (halfway["global_step"], halfway["data_epoch"], halfway["data_batch"]) == (2, 0, 2)
-    resumed = _train(make_config, run_overrides, tmp_path, "resumed", "train.total_train_steps=4")
+    torch.manual_seed(123)  # the process-wide RNG of the "new process" differs: nothing may depend on it
+    resumed = _train(make_config, run_overrides, tmp_path, "resumed", "train.total_train_steps=4", every_2)
 
     assert straight == resumed == TrainingProgress(global_step=4, data_epoch=1, data_batch=1)
     a = load_checkpoint(tmp_path / "checkpoints-straight")
@@ -39,6 +43,10 @@ def test_resume_is_exact(make_config, run_overrides, tmp_path, assert_same_tree)
                            halfway["model_state_dict"]["top_down.output_conv.weight"])
     assert not torch.equal(a["model_state_dict"]["top_down.output_conv.weight"],
                            a["ema_model_state_dict"]["top_down.output_conv.weight"])
+    straight_scalars = logged_scalars(tmp_path / "logs-straight")
+    assert [step for step, _ in straight_scalars["val/Metrics/ssim"]] == [1, 2, 4]
+    assert len(straight_scalars["train/Losses/nelbo"]) == 4 and len(straight_scalars) > 20
+    assert logged_scalars(tmp_path / "logs-resumed") == straight_scalars
 
 
 def test_finished_run_is_left_alone(make_config, run_overrides, tmp_path):

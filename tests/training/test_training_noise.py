@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from efficient_vdvae_torch.model import UniversalAutoEncoder
-from efficient_vdvae_torch.training_noise import (TRAIN_STREAM, VALIDATION_STREAM, SeededLatentNoise,
-                                                  latent_noise_shapes, rank_rows)
+from efficient_vdvae_torch.training_noise import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
+                                                  VALIDATION_STREAM, SeededLatentNoise, latent_noise_shapes,
+                                                  rank_rows)
 
 CPU = torch.device("cpu")
 
@@ -46,6 +47,22 @@ def test_streams_and_counters_differ_and_look_normal(reference_config):
     assert not torch.equal(_draw(reference_config, 0, 1, VALIDATION_STREAM, 7, 4, 4)[0], base)
     flat = torch.cat([n.flatten() for n in _draw(reference_config, 0, 1, TRAIN_STREAM, 7, 4, 4)])
     assert abs(flat.mean()) < 0.05 and abs(flat.std() - 1) < 0.05  # ~20k standard normal numbers
+
+
+def test_output_generators_are_derived_per_stream_counter_and_rank(reference_config):
+    """Output samples (SSIM, images) need no saved RNG state: the same (stream, counter, rank) gives the
+    same numbers in a new process-like object, whatever the global RNG did; anything else differs."""
+    def uniforms(rank, stream, counter):
+        noise = SeededLatentNoise(reference_config, rank=rank, world_size=2, device=CPU)
+        return torch.rand(1000, generator=noise.output_generator(stream, counter))
+
+    base = uniforms(0, VALIDATION_OUTPUT_STREAM, 3)
+    torch.manual_seed(99)
+    torch.rand(10)
+    assert torch.equal(uniforms(0, VALIDATION_OUTPUT_STREAM, 3), base)
+    for other in (uniforms(1, VALIDATION_OUTPUT_STREAM, 3), uniforms(0, VALIDATION_OUTPUT_STREAM, 4),
+                  uniforms(0, SUMMARY_STREAM, 3)):
+        assert not torch.equal(other, base)
 
 
 def test_wrong_local_batch_is_refused(reference_config):
