@@ -88,10 +88,9 @@ def _shape_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str 
 # ---- Optimiser moments: one torch state per parameter <-> one optax ScaleByAdamState for the tree.
 
 def _second_moment_key(optimizer: Any) -> str:
-    """torch's name of the second moment: the infinity norm for Adamax, the squared-gradient EMA otherwise."""
-    import torch
+    from efficient_vdvae_torch.checkpoints import second_moment_key
 
-    return "exp_inf" if isinstance(optimizer, torch.optim.Adamax) else "exp_avg_sq"
+    return second_moment_key(optimizer)
 
 
 def torch_optimizer_moments(hp: Any, model: Any, optimizer: Any) -> tuple[int, dict, dict]:

@@ -203,3 +203,19 @@ def test_the_update_depends_on_the_carried_moments(original_states):
     other = hand_adamax_update(hp, fresh, grads, 0.03)
     key = "top_down.output_conv.weight"
     assert np.max(np.abs((carried[key] - original.params[key]) - (other[key] - original.params[key]))) > 1e-3
+
+
+@pytest.mark.parametrize("direction, framework", [("to-torch", "torch"), ("to-jax", "jax")])
+def test_to_torch_and_to_jax_recognise_an_original_jax_source(tmp_path, direction, framework, original_states):
+    from efficient_vdvae_jax.convert_checkpoint import main
+
+    destination = tmp_path / "checkpoints-x"
+    main(cli(direction, str(MSGPACK.parent), str(destination)))
+    hp = load_reference_config()
+    if framework == "torch":
+        model, _, _, progress = restore_torch(hp, destination)
+        key, value = "top_down.output_conv.weight", dict(model.named_parameters())["top_down.output_conv.weight"]
+        np.testing.assert_array_equal(value.detach().numpy(), original_states["msgpack"].torch_state_dict("params")[key])
+    else:
+        _, progress = restore_jax(hp, destination)
+    assert progress.global_step == 3
