@@ -311,7 +311,7 @@ def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path
         raise ConversionError(f"{source} is not a JAX checkpoint folder"
                               + (" (a PyTorch checkpoint file? use to-jax)" if source.is_file() else ""))
     _check_destination(source, destination, force, is_folder=False)
-    checkpoints = TrainingCheckpoints(source, hp.run.max_allowed_checkpoints)
+    checkpoints = TrainingCheckpoints(source, hp.run.max_allowed_checkpoints, optimizer_type=hp.optimizer.type)
     try:
         available = checkpoints.manager.all_steps() if checkpoints.latest() is not None else []
         if not available:
