@@ -17,6 +17,7 @@ from efficient_vdvae_jax.trainer import abstract_train_state
 from hparams import load_config
 from jax.sharding import NamedSharding, PartitionSpec
 from tests.conftest import REFERENCE_CONFIG
+from tests.helpers import logged_scalars
 from tests.jax_training.conftest import check, jax_env, run_training, train_command
 
 pytestmark = pytest.mark.slow
@@ -43,12 +44,14 @@ def _assert_trees_close(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
 
 
 def test_resume_is_exact(run_overrides, tmp_path):
-    """4 steps straight == 2 steps, a new process, 2 more (2 batches per epoch: crossing epochs)."""
-    check(run_training(run_overrides("straight", "train.total_train_steps=4"), cwd=tmp_path))
-    check(run_training(run_overrides("resumed", "train.total_train_steps=2"), cwd=tmp_path))
+    """4 steps straight == 2 steps, a new process, 2 more (2 batches per epoch: crossing epochs): the same
+    checkpoint and every logged scalar (SSIM's output samples included) bit for bit."""
+    every_2 = "train.checkpoint_and_eval_interval_in_steps=2"  # both runs evaluate at steps 1, 2 and 4
+    check(run_training(run_overrides("straight", "train.total_train_steps=4", every_2), cwd=tmp_path))
+    check(run_training(run_overrides("resumed", "train.total_train_steps=2", every_2), cwd=tmp_path))
     halfway, progress = _latest(run_overrides("resumed"), tmp_path / "checkpoints-resumed")
     assert progress == TrainingProgress(global_step=2, data_epoch=0, data_batch=2)
-    result = run_training(run_overrides("resumed", "train.total_train_steps=4"), cwd=tmp_path)
+    result = run_training(run_overrides("resumed", "train.total_train_steps=4", every_2), cwd=tmp_path)
     check(result)
     assert "resuming run 'resumed' at step 2 (epoch 0, batch 2" in result.stdout
 
@@ -59,6 +62,10 @@ def test_resume_is_exact(run_overrides, tmp_path):
     kernel = lambda state: state.params["top_down"]["output_conv"]["kernel"]  # noqa: E731
     assert not np.array_equal(kernel(straight), kernel(halfway))  # training moved the weights
     assert not np.array_equal(kernel(straight), straight.ema_params["top_down"]["output_conv"]["kernel"])
+    straight_scalars = logged_scalars(tmp_path / "logs-straight")
+    assert [step for step, _ in straight_scalars["val/Metrics/ssim"]] == [1, 2, 4]
+    assert len(straight_scalars["train/Losses/nelbo"]) == 4 and len(straight_scalars) > 15
+    assert logged_scalars(tmp_path / "logs-resumed") == straight_scalars
 
 
 def test_two_devices_match_one(run_overrides, tmp_path):
