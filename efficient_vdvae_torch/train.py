@@ -10,6 +10,7 @@ is written, and the process exits 0 (Ctrl-C twice aborts at once).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,13 +26,16 @@ from efficient_vdvae_torch.distributed import init_distributed, shutdown_distrib
 from efficient_vdvae_torch.trainer import Trainer  # noqa: E402
 from hparams import ConfigError  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
+from hparams.saved_run import saved_config_path  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("Train Efficient-VDVAE (PyTorch).", argv)
-    hp = load_config_or_exit(args, save=False)
+    # Before the process group exists, torchrun's RANK says who is rank 0: the only one to print
+    # the "saved configuration is used" note.
+    hp = load_config_or_exit(args, save=False, is_writer=os.environ.get("RANK", "0") == "0")
     ctx = init_distributed()
     try:
         if ctx.is_main and hp.run.num_gpus != ctx.world_size:
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(hp, ctx)
         # Save the run's config only once data and checkpoint are known to be usable, so that a
         # typo does not leave a saved run behind; rank 0 writes it, the others have the same values.
-        load_config_or_exit(args, save=True, is_writer=ctx.is_main)
+        if not saved_config_path(hp.run.name).is_file():  # a saved run: read above, its note printed once
+            load_config_or_exit(args, save=True, is_writer=ctx.is_main)
         trainer.run()
     except (CheckpointError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from efficient_vdvae_common.data import DataError
+from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
@@ -318,7 +319,11 @@ class Trainer:
             if not stats["skipped"] and is_evaluation_step(progress.global_step,
                                                           hp.train.checkpoint_and_eval_interval_in_steps,
                                                           hp.train.total_train_steps):
-                self.evaluate_and_log(x, stats, view)
+                try:
+                    self.evaluate_and_log(x, stats, view)
+                except CorruptImageError:  # a bad file in val_data: keep the steps trained, then stop
+                    self.save_checkpoint(this_rank_alone=True)
+                    raise
                 self.save_checkpoint()
             stop_now = any_rank(self.stop.requested, ctx.device) if ctx.world_size > 1 else self.stop.requested
             if stop_now or progress.global_step >= hp.train.total_train_steps:
@@ -352,17 +357,20 @@ class Trainer:
         train_writer.flush()
         val_writer.flush()
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, this_rank_alone: bool = False) -> None:
         """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint being written.
 
         Non-finite weights are never written (every rank checks its identical copy, so all stop).
         """
         if bad := non_finite_weights(self.setup):
             raise TrainingDiverged(non_finite_weights_message(bad.capitalize(), self.progress.global_step))
-        if self.ctx.is_main:
+        if self.ctx.is_main or this_rank_alone:
             setup = self.setup
             save_checkpoint(training_state(self.progress, setup.model, setup.ema_model, setup.optimizer,
                                            setup.lr_schedule),
                             self.checkpoint_file, self.hp.run.max_allowed_checkpoints)
         self.saved_progress = self.progress
-        barrier()
+        if not this_rank_alone:
+            barrier()
+        `this_rank_alone`: the rank that hit a corrupt validation image writes (its weights are rank
+        0's) and waits for no one: the other ranks are blocked in validation's reduction.
