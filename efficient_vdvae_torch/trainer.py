@@ -361,6 +361,8 @@ class Trainer:
         """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint being written.
 
         Non-finite weights are never written (every rank checks its identical copy, so all stop).
+        `this_rank_alone`: the rank that hit a corrupt validation image writes (its weights are rank
+        0's) and waits for no one: the other ranks are blocked in validation's reduction.
         """
         if bad := non_finite_weights(self.setup):
             raise TrainingDiverged(non_finite_weights_message(bad.capitalize(), self.progress.global_step))
@@ -372,5 +374,3 @@ class Trainer:
         self.saved_progress = self.progress
         if not this_rank_alone:
             barrier()
-        `this_rank_alone`: the rank that hit a corrupt validation image writes (its weights are rank
-        0's) and waits for no one: the other ranks are blocked in validation's reduction.
