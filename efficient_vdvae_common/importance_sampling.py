@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from efficient_vdvae_common.model_health import check_finite_outputs
+
 MNIST_PIXELS = 28 * 28
 
 
@@ -32,6 +34,18 @@ def importance_weighted_nll(log_weights: np.ndarray) -> np.ndarray:
         raise ValueError("log weights hold a non-finite maximum")
     log_mean = peak[:, 0] + np.log(np.mean(np.exp(log_weights - peak), axis=1))
     return -log_mean
+
+
+def batch_bound_sum(log_weights: np.ndarray, hp: Any, what: str, checkpoint: str) -> float:
+    """Sum over a batch's images of their bounds in report units, as reconstruction accumulates them.
+
+    A bound that is not finite (a NaN or infinite weight, or every weight of an
+    image -inf) means a broken model, not a bad estimate: BrokenModelError naming
+    the checkpoint, so the entry scripts print one line and exit 2.
+    """
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    check_finite_outputs(bool(np.isfinite(np.max(log_weights, axis=1)).all()), what, checkpoint)
+    return float(nats_to_report_units(importance_weighted_nll(log_weights), hp).sum())
 
 
 def image_dims(hp: Any) -> int:
@@ -58,15 +72,6 @@ def group_shapes(hp: Any) -> list[tuple[int, int]]:
         resolution *= stride
         shapes += [(m.down_latent_variates[i], resolution)] * (1 + m.down_n_blocks_per_res[i])
     return shapes
-
-
-def check_importance_settings(hp: Any) -> None:
-    """K > 1 needs every variate drawn from the posterior (the proposal of the bound)."""
-    from hparams import ConfigError
-
-    if hp.synthesis.num_importance_samples > 1 and hp.synthesis.mask_reconstruction:
-        raise ConfigError("synthesis.num_importance_samples > 1 cannot be combined with "
-                          "synthesis.mask_reconstruction = True (the bound samples every variate from the posterior)")
 
 
 def sample_passes(num_images: int, num_samples: int, rows_per_pass: int) -> Iterator[np.ndarray]:

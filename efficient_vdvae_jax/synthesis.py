@@ -27,8 +27,7 @@ from tqdm import tqdm
 
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
-from efficient_vdvae_common.importance_sampling import (check_importance_settings, group_shapes,
-                                                        importance_weighted_nll, nats_to_report_units, sample_passes)
+from efficient_vdvae_common.importance_sampling import batch_bound_sum, group_shapes, sample_passes
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
@@ -156,7 +155,6 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
     step = make_reconstruction_step(hp, model)
     mask_arrays = _jnp_masks(masks)
     totals, count = np.zeros(4), 0
-    check_importance_settings(hp)
     num_samples, iw_total = hp.synthesis.num_importance_samples, 0.0
     iw_step = make_importance_step(hp, model, hp.synthesis.batch_size) if num_samples > 1 else None
     for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "synthesis", with_names=True),
@@ -174,7 +172,8 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
             # Keys apart from the ELBO pass's: its numbers do not depend on K.
             log_weights = importance_log_weights(iw_step, params, jax.random.fold_in(batch_key(hp.run.seed, index), 1),
                                                  x[:real], num_samples, hp.synthesis.batch_size)
-            iw_total += float(nats_to_report_units(importance_weighted_nll(log_weights), hp).sum())
+            iw_total += batch_bound_sum(log_weights, hp, f"the importance weights of {describe_images(names)}",
+                                        _checkpoint_name(hp))
         targets = x[:real, MNIST_CROP, MNIST_CROP] if binarized else x[:real]
         output_images = model_space_to_uint8(np.asarray(outputs)[:real], binarized)
         target_images = model_space_to_uint8(targets, binarized)

@@ -22,8 +22,7 @@ import torch
 from tqdm import tqdm
 
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
-from efficient_vdvae_common.importance_sampling import (check_importance_settings, group_shapes,
-                                                        importance_weighted_nll, nats_to_report_units, sample_passes)
+from efficient_vdvae_common.importance_sampling import batch_bound_sum, group_shapes, sample_passes
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (
@@ -121,7 +120,6 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
     mask_list = None if masks is None else [torch.as_tensor(m, dtype=torch.float32) for m in masks]
     totals = {"nelbo": 0.0, "recon": 0.0, "kl_div": 0.0, "ssim": 0.0, "iw_nll": 0.0}
     count = 0
-    check_importance_settings(hp)
     num_samples = hp.synthesis.num_importance_samples
     # Its own stream: the ELBO pass draws the same noise whatever K is.
     iw_generator = torch.Generator().manual_seed(hp.run.seed)
@@ -143,7 +141,8 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
             totals["ssim"] += ssim_per_image(targets * 127.5 + 127.5, outputs * 127.5 + 127.5).sum().item()
         if num_samples > 1:
             log_weights = importance_log_weights(hp, model, x, num_samples, hp.synthesis.batch_size, iw_generator)
-            totals["iw_nll"] += float(nats_to_report_units(importance_weighted_nll(log_weights), hp).sum())
+            what = f"the importance weights of {describe_images(list(names))}"
+            totals["iw_nll"] += batch_bound_sum(log_weights, hp, what, _checkpoint_name(hp))
         count += batch
 
         output_images = _to_uint8_images(outputs, binarized)

@@ -112,6 +112,11 @@ def _check_synthesis(get: Callable[[str, str], Any]) -> None:
     needs_equal_variates = get("synthesis", "synthesis_mode") in ("div_stats", "encoding") or get(
         "synthesis", "mask_reconstruction"
     )
+    num_samples = get("synthesis", "num_importance_samples")
+    if num_samples > 1 and get("synthesis", "mask_reconstruction"):
+        # The bound's proposal is the posterior of every variate; masked-off ones come from the prior.
+        _fail("synthesis", "num_importance_samples", num_samples,
+              "needs synthesis.mask_reconstruction = False (the bound samples every variate from the posterior)")
     variates = get("model", "down_latent_variates")
     if needs_equal_variates and len(set(variates)) != 1:
         _fail("model", "down_latent_variates", variates,

@@ -85,6 +85,8 @@ def test_lowercase_booleans(tmp_path):
         ({("synthesis", "temperature_settings"): "[[0.8, 0.9]]"}, "[synthesis] temperature_settings"),
         ({("synthesis", "temperature_settings"): "[('cosine', 0.8, 0.9)]"}, "[synthesis] temperature_settings"),
         ({("data", "num_bits"): "9."}, "[data] num_bits"),
+        ({("synthesis", "num_importance_samples"): "2", ("synthesis", "mask_reconstruction"): "True"},
+         "[synthesis] num_importance_samples"),
         ({("model", "up_kernel_size"): "[3] * 6 + [(1, 2, 3)]"}, "[model] up_kernel_size"),
     ],
 )
