@@ -1,11 +1,21 @@
 #!/usr/bin/env python
-"""Build a small real-image dataset offline: random crops of scikit-image's bundled photographs.
+"""Build a small image dataset offline, with no download.
+
+Two kinds (`--kind`):
+
+- `shapes` (default, the quick start's): one coloured circle, square or
+  triangle on a plain off-white background per image, drawn with Pillow. Simple enough
+  that a tiny model trained for a few minutes on a CPU reconstructs and
+  samples recognisable shapes.
+- `photos`: random crops of the photographs bundled with scikit-image, the
+  former quick-start set (harder: minutes of CPU training give blurry colour).
 
 Writes the custom-folder layout that `egs/quickstart.cfg` reads:
 `<out>/train_data/`, `<out>/val_data/`, `<out>/synthesis_data/` of RGB PNGs.
-Train and evaluation crops come from disjoint photographs' halves (the left
-part of every photograph feeds train, the right part val and synthesis), so
-evaluation images are never copies of training ones. Fixed seed, seconds to run.
+Shapes: every split has its own seeded random stream. Photos: train crops
+come from the left part of every photograph and evaluation crops from the
+right part, so evaluation images are never copies of training ones.
+Fixed seed, seconds to run.
 """
 from __future__ import annotations
 
@@ -13,21 +23,60 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image
-from skimage import data as skimage_data
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = {"shapes": REPO_ROOT / "datasets" / "sample32", "photos": REPO_ROOT / "datasets" / "photos32"}
+SPLITS = ("train_data", "val_data", "synthesis_data")
+
 # Colour photographs that ship inside scikit-image (no download needed).
 PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
                "colorwheel", "retina", "coins", "camera", "moon", "page", "text", "logo")
 TRAIN_FRACTION_OF_WIDTH = 0.75
 
+SHAPE_KINDS = ("circle", "square", "triangle")
+# Five saturated colours on one off-white background: few enough modes per
+# pixel that minutes of CPU training give sharp, correctly coloured shapes.
+SHAPE_COLOURS = ((220, 40, 40), (40, 170, 60), (40, 90, 220), (240, 190, 20), (170, 50, 200))
+BACKGROUND = (245, 245, 240)
+# Shapes are drawn at this multiple of the image size and shrunk, for smooth edges.
+SUPERSAMPLING = 4
+
+
+def draw_shape(size: int, rng: np.random.Generator) -> Image.Image:
+    """One size x size RGB image: a random shape, colour, size and position on the plain background."""
+    big = size * SUPERSAMPLING
+    colour = SHAPE_COLOURS[rng.integers(len(SHAPE_COLOURS))]
+    image = Image.new("RGB", (big, big), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    # Between 45% and 80% of the side, fully inside the frame.
+    side = rng.uniform(0.45, 0.8) * big
+    left = rng.uniform(0.05 * big, 0.95 * big - side)
+    top = rng.uniform(0.05 * big, 0.95 * big - side)
+    box = (left, top, left + side, top + side)
+    kind = SHAPE_KINDS[rng.integers(len(SHAPE_KINDS))]
+    if kind == "circle":
+        draw.ellipse(box, fill=colour)
+    elif kind == "square":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([(left + side / 2, top), (left + side, top + side), (left, top + side)], fill=colour)
+    return image.resize((size, size), Image.BOX)
+
+
+def shapes(count: int, size: int, rng: np.random.Generator) -> Iterator[Image.Image]:
+    for _ in range(count):
+        yield draw_shape(size, rng)
+
 
 def load_photographs() -> list[np.ndarray]:
     """The bundled photographs as uint8 RGB arrays (grayscale ones repeated to 3 channels)."""
+    from skimage import data as skimage_data  # only the photos kind needs scikit-image
+
     photos = []
     for name in PHOTOGRAPHS:
         image = np.asarray(getattr(skimage_data, name)())
@@ -37,7 +86,8 @@ def load_photographs() -> list[np.ndarray]:
     return photos
 
 
-def random_crops(photos: list[np.ndarray], count: int, size: int, part: str, rng: np.random.Generator):
+def random_crops(photos: list[np.ndarray], count: int, size: int, part: str,
+                 rng: np.random.Generator) -> Iterator[Image.Image]:
     """`count` crops of size x size, from the train (left) or evaluation (right) part of the photographs,
     at a random scale (so that crops show more than flat patches), resized with PIL."""
     for _ in range(count):
@@ -55,24 +105,31 @@ def random_crops(photos: list[np.ndarray], count: int, size: int, part: str, rng
         yield crop.resize((size, size), Image.BILINEAR)
 
 
-def make_sample_dataset(out: Path, n_train: int, n_val: int, n_synthesis: int, size: int, seed: int) -> None:
-    photos = load_photographs()
-    rng = np.random.default_rng(seed)
-    for folder, count, part in (("train_data", n_train, "train"), ("val_data", n_val, "eval"),
-                                ("synthesis_data", n_synthesis, "eval")):
+def make_sample_dataset(out: Path, n_train: int, n_val: int, n_synthesis: int, size: int, seed: int,
+                        kind: str = "shapes") -> None:
+    photos = load_photographs() if kind == "photos" else None
+    # Photos: one stream through the splits, so the photo set is the one earlier versions wrote.
+    photo_rng = np.random.default_rng(seed)
+    for split_index, (folder, count) in enumerate(zip(SPLITS, (n_train, n_val, n_synthesis))):
+        if photos is None:
+            images = shapes(count, size, np.random.default_rng([seed, split_index]))
+        else:
+            images = random_crops(photos, count, size, "train" if folder == "train_data" else "eval", photo_rng)
         target = out / folder
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
-        crops = random_crops(photos, count, size, part, rng)
-        for i, crop in enumerate(tqdm(crops, total=count, desc=folder, disable=not sys.stderr.isatty())):
-            crop.save(target / f"{i:05d}.png")
+        for i, image in enumerate(tqdm(images, total=count, desc=folder, disable=not sys.stderr.isatty())):
+            image.save(target / f"{i:05d}.png")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "datasets" / "sample32",
-                        help="output folder (default: <repo>/datasets/sample32)")
+    parser.add_argument("--kind", choices=tuple(DEFAULT_OUT), default="shapes",
+                        help="shapes (drawn, the quick start's; default) or photos (crops of scikit-image's)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: <repo>/datasets/sample32 for shapes, "
+                             "<repo>/datasets/photos32 for photos)")
     parser.add_argument("--n-train", type=int, default=4000, help="number of training images (default 4000)")
     parser.add_argument("--n-val", type=int, default=400, help="number of validation images (default 400)")
     parser.add_argument("--n-synthesis", type=int, default=64, help="number of synthesis images (default 64)")
@@ -82,8 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("n_train", "n_val", "n_synthesis", "size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    make_sample_dataset(args.out, args.n_train, args.n_val, args.n_synthesis, args.size, args.seed)
-    print(f"wrote {args.n_train} train, {args.n_val} val and {args.n_synthesis} synthesis images to {args.out}")
+    out = args.out or DEFAULT_OUT[args.kind]
+    make_sample_dataset(out, args.n_train, args.n_val, args.n_synthesis, args.size, args.seed, args.kind)
+    print(f"wrote {args.n_train} train, {args.n_val} val and {args.n_synthesis} synthesis images "
+          f"({args.kind}) to {out}")
 
 
 if __name__ == "__main__":

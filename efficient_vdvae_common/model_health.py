@@ -5,7 +5,8 @@ synthesis on it would write black images and a div_stats file its own loader
 rejects. Both frameworks check the loaded weights before any mode runs, and
 every batch's outputs before they are written, and raise `BrokenModelError`
 naming the checkpoint: the entry scripts print it as one line and exit 2,
-with nothing written.
+with nothing written (reconstruction and generation stage their images and
+move them into place only at the end: atomic_files.staged_folder).
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from efficient_vdvae_common.atomic_files import staged_folder
 from efficient_vdvae_common.data.readers import IMAGE_EXTENSIONS
 from efficient_vdvae_common.encodings import ENCODINGS_FILENAME, Encodings, write_encodings
 from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, load_div_stats, save_div_stats, variate_masks
@@ -133,10 +134,14 @@ def run_mode(
     """Run `synthesis.synthesis_mode` with one framework's mode functions; write and report the outputs."""
     mode = hp.synthesis.synthesis_mode
     if mode == "reconstruction":
-        print(reconstruct(reconstruction_dir(run_logs), masks).summary(), flush=True)
+        # Images (and grids) are staged and moved into place at the end: a broken batch leaves no new file.
+        with staged_folder(run_logs) as staging:
+            metrics = reconstruct(reconstruction_dir(staging), masks)
+        print(metrics.summary(), flush=True)
     elif mode == "generation":
         output_dir = generation_dir(run_logs)
-        folders = generate(output_dir)
+        with staged_folder(run_logs) as staging:
+            folders = generate(generation_dir(staging))
         print(f"wrote {hp.synthesis.n_generation_batches * hp.synthesis.batch_size} images for each of "
               f"{len(folders)} temperature settings under {output_dir}", flush=True)
     elif mode == "div_stats":

@@ -67,10 +67,12 @@ def test_item8_download_script_under_sh_names_the_manual_celeba_files(shell, tmp
     assert "img_align_celeba.zip not found" not in result.stderr
 
 
-def test_sample_dataset_layout_and_determinism(tmp_path, make_config):
+@pytest.mark.parametrize("kind", ["shapes", "photos"])
+def test_sample_dataset_layout_and_determinism(tmp_path, make_config, kind):
     script = _script("make_sample_dataset")
-    script.main(["--out", str(tmp_path / "a"), "--n-train", "20", "--n-val", "6", "--n-synthesis", "3"])
-    script.main(["--out", str(tmp_path / "b"), "--n-train", "20", "--n-val", "6", "--n-synthesis", "3"])
+    for out in ("a", "b"):
+        script.main(["--kind", kind, "--out", str(tmp_path / out), "--n-train", "20", "--n-val", "6",
+                     "--n-synthesis", "3"])
     counts = {d: len(list((tmp_path / "a" / d).glob("*.png"))) for d in ("train_data", "val_data", "synthesis_data")}
     assert counts == {"train_data": 20, "val_data": 6, "synthesis_data": 3}
     for f in (tmp_path / "a" / "train_data").glob("*.png"):
@@ -85,6 +87,17 @@ def test_sample_dataset_layout_and_determinism(tmp_path, make_config):
                      f"data.synthesis_data_path='{tmp_path / 'a' / 'synthesis_data'}'")
     batch = next(iter(create_dataloader(hp, "train", num_workers=0)))
     assert batch.shape == (4, 3, 32, 32) and batch.std() > 0.05
+
+
+def test_shapes_are_one_coloured_shape_on_the_plain_background():
+    script = _script("make_sample_dataset")
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        image = np.asarray(script.draw_shape(32, rng)).reshape(-1, 3)
+        background = (image == script.BACKGROUND).all(axis=1)
+        assert 0.1 < 1 - background.mean() < 0.7  # the shape covers a tenth to most of the picture
+        colours, counts = np.unique(image[~background], axis=0, return_counts=True)
+        assert tuple(colours[counts.argmax()]) in script.SHAPE_COLOURS  # edges blend, the inside is pure
 
 
 def test_random_split_is_seeded_complete_and_flat(tmp_path, writers):

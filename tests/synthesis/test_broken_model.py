@@ -79,7 +79,8 @@ def _synthesis_outputs(root: Path, run_name: str) -> list[str]:
     return sorted(p.relative_to(logs).as_posix() for p in logs.rglob("*") if p.name != f"hparams-{run_name}.cfg")
 
 
-def _run(framework, request, tmp_path, monkeypatch, capsys, value: float, mode: str) -> tuple[int, str, Path]:
+def _run(framework, request, tmp_path, monkeypatch, capsys, value: float, mode: str,
+         *overrides: str) -> tuple[int, str, Path]:
     make_copy, main, run_name, fixture = FRAMEWORKS[framework]
     run = request.getfixturevalue(fixture)
     root = make_copy(run, tmp_path / "run", value)
@@ -91,7 +92,8 @@ def _run(framework, request, tmp_path, monkeypatch, capsys, value: float, mode: 
     before = _synthesis_outputs(root, run_name)
     monkeypatch.chdir(root)
     capsys.readouterr()
-    code = main(["--config", str(CONFIG), "--set", f"run.name={run_name}", f"synthesis.synthesis_mode={mode}"])
+    code = main(["--config", str(CONFIG), "--set", f"run.name={run_name}", f"synthesis.synthesis_mode={mode}",
+                 *overrides])
     stderr = capsys.readouterr().err
     assert _synthesis_outputs(root, run_name) == before  # nothing written
     return code, stderr, root
@@ -118,3 +120,15 @@ def test_overflowing_outputs_are_refused(framework, mode, request, tmp_path, mon
     [error] = [line for line in stderr.splitlines() if not line.startswith("note:")]
     assert error.startswith("error: checkpoint ") and "gives non-finite values in" in error
     assert f"checkpoints-{FRAMEWORKS[framework][2]}" in stderr
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_a_failure_after_written_batches_leaves_no_file(framework, request, tmp_path, monkeypatch, capsys):
+    # Finite weights (output conv 1.0); the second temperature setting overflows the prior samples (z = T * std * eps with
+    # T = 3e38), after the first setting's images and grid were produced: the run's images are staged and
+    # moved into place only at the end, so none of them appears (`_run` compares the folder listings).
+    code, stderr, _ = _run(framework, request, tmp_path, monkeypatch, capsys, 1.0, "generation",
+                           "synthesis.temperature_settings=[1.0, 3e38]")
+    assert code == 2
+    [error] = [line for line in stderr.splitlines() if not line.startswith("note:")]
+    assert error.startswith("error: checkpoint ") and "non-finite values in generation 01_T-3e+38" in error
