@@ -1,4 +1,5 @@
-"""The objective (SPEC.md section 5), NHWC: output likelihoods, Gaussian KL, the loss, output sampling.
+"""The objective (SPEC.md section 5), NHWC: output likelihoods, Gaussian KL, the loss, output sampling
+and the output distribution's mean image (`mean_output`, for synthesis.output_sampling = 'mean').
 
 The output conv's mixture parameters use the JAX original's (3M, C) layout:
 logits channel `M + j*C + c` holds parameter j of colour channel c.
@@ -196,3 +197,45 @@ def sample_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
     if is_binarized_mnist(hp):
         return sample_from_bernoulli(rng, logits)
     return sample_from_mol(hp, rng, logits)
+
+
+def mean_of_mol(hp: Any, logits: jax.Array) -> jax.Array:
+    """The mixture's mean image (B, H, W, C), clipped to [min_pix, max_pix] (SPEC.md section 8).
+
+    Each component's location for green (blue) is its mean plus the
+    coefficients times the same component's red (and green) locations (the
+    sampler's autoregression with the logistic noise at its mean, 0); the image
+    is the mixture-weighted (softmax of the mixture logits) sum of the locations.
+    """
+    min_pix, max_pix = pixel_range(hp)
+    mixture_logits, means, _, _, coefs = mol_params(hp, logits)
+    if means.shape[-1] == 3:
+        r = means[..., 0]
+        g = means[..., 1] + coefs[..., 0] * r
+        b = means[..., 2] + coefs[..., 1] * r + coefs[..., 2] * g
+        means = jnp.stack([r, g, b], axis=-1)
+    weights = jax.nn.softmax(mixture_logits, axis=-1)[..., None]  # B, H, W, M, 1
+    return jnp.clip(jnp.sum(means * weights, axis=-2), min_pix, max_pix)
+
+
+def mean_of_bernoulli(logits: jax.Array) -> jax.Array:
+    """Pixel probabilities (B, 28, 28, 1), sigmoid(logits) on the central crop."""
+    return jax.nn.sigmoid(logits[:, MNIST_CROP, MNIST_CROP, :])
+
+
+def mean_output(hp: Any, logits: jax.Array) -> jax.Array:
+    """The mean image of the output distribution of the dataset (no randomness, no temperature)."""
+    if is_binarized_mnist(hp):
+        return mean_of_bernoulli(logits)
+    return mean_of_mol(hp, logits)
+
+
+def render_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
+    """The images synthesis writes (synthesis.output_sampling): a sample at synthesis.output_temperature,
+    or the mean (`rng` unused)."""
+    sampling = hp.synthesis.output_sampling
+    if sampling == "mean":
+        return mean_output(hp, logits)
+    if sampling != "sample":
+        raise ValueError(f"synthesis.output_sampling must be 'sample' or 'mean', got {sampling!r}")
+    return sample_output(hp, rng, logits)

@@ -1,7 +1,8 @@
 """Output likelihoods and their samplers (SPEC.md section 5).
 
 Discretized mixture of logistics for RGB and single-channel images, and a
-Bernoulli for binarized MNIST. Logit layout of the mixture (the PyTorch
+Bernoulli for binarized MNIST, with the distributions' mean images
+(`output_mean`, for synthesis.output_sampling = 'mean'). Logit layout of the mixture (the PyTorch
 original's): channels [0, M) are the mixture logits; the rest reshape to
 (C, 3M) with means, raw scales and raw coefficients per colour channel.
 """
@@ -183,3 +184,43 @@ def sample_output(logits: torch.Tensor, dist: OutputDistribution, temperature: f
     if dist.bernoulli:
         return sample_bernoulli(logits, generator)
     return sample_mol(logits, dist, temperature, generator)
+
+
+def mol_mean(logits: torch.Tensor, dist: OutputDistribution) -> torch.Tensor:
+    """The mixture's mean image (B, C, H, W), clipped to [min_pix, max_pix] (SPEC.md section 8).
+
+    Each component's location for channel c is its mean plus the coefficients
+    times the earlier channels' locations of the same component (the sampler's
+    autoregression with the logistic noise at its mean, 0); the image is the
+    mixture-weighted (softmax of the mixture logits) sum of the locations.
+    """
+    min_pix, max_pix = dist.pixel_range
+    mixture_logits, means, _, coeffs = split_mol_logits(logits, dist)
+    weights = torch.softmax(mixture_logits, dim=1)  # B, M, H, W
+    locations: list[torch.Tensor] = []
+    for c in range(dist.channels):
+        locations.append(means[:, c] + sum(coeffs[:, _coefficient_slot(c, k)] * locations[k] for k in range(c)))
+    mean = (torch.stack(locations, dim=1) * weights.unsqueeze(1)).sum(dim=2)
+    return torch.clamp(mean, min_pix, max_pix)
+
+
+def bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """Pixel probabilities (B, 1, 28, 28), sigmoid(logits) on the centre crop."""
+    return torch.sigmoid(logits[:, :, MNIST_CROP, MNIST_CROP])
+
+
+def output_mean(logits: torch.Tensor, dist: OutputDistribution) -> torch.Tensor:
+    """The mean image of the output distribution given by `logits` (no randomness, no temperature)."""
+    if dist.bernoulli:
+        return bernoulli_mean(logits)
+    return mol_mean(logits, dist)
+
+
+def render_output(logits: torch.Tensor, dist: OutputDistribution, sampling: str = "sample",
+                  temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The images synthesis writes (synthesis.output_sampling): a sample at `temperature`, or the mean."""
+    if sampling == "mean":
+        return output_mean(logits, dist)
+    if sampling != "sample":
+        raise ValueError(f"synthesis.output_sampling must be 'sample' or 'mean', got {sampling!r}")
+    return sample_output(logits, dist, temperature, generator)
