@@ -193,7 +193,8 @@ class Trainer:
         self.model = UniversalAutoEncoder(hp)
         self.logs = logs_dir(hp.run.name, root)
         check_run_folder(self.logs, hp.run.name)
-        self.checkpoints = TrainingCheckpoints(checkpoint_dir(hp.run.name, root), hp.run.max_allowed_checkpoints)
+        self.checkpoints = TrainingCheckpoints(checkpoint_dir(hp.run.name, root), hp.run.max_allowed_checkpoints,
+                                               optimizer_type=hp.optimizer.type)
         first_epoch = create_iterator(hp, "train", num_devices=self.mesh.size, prefetch=1)
         first_epoch.close()
         if len(first_epoch) == 0:
