@@ -1,4 +1,4 @@
-"""Train Efficient-VDVAE with JAX, data parallel over all local devices.
+"""Train Efficient-VDVAE with JAX, data parallel over all local devices, or over several hosts.
 
     python train.py [--config FILE] [--set section.key=value ...]
 
@@ -6,6 +6,10 @@ Run from the folder where logs-<name>/ and checkpoints-<name>/ should live;
 --config defaults to ./hparams.cfg. Re-running a name resumes it; reset.sh
 <name> deletes it. SIGTERM or Ctrl-C: the current step finishes, a checkpoint
 is written, and the process exits 0 (Ctrl-C twice aborts at once).
+
+Several hosts: start this same command once per host with JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or under `srun`/`mpirun`
+(efficient_vdvae_jax/distributed.py; README "Several machines").
 """
 from __future__ import annotations
 
@@ -22,9 +26,11 @@ import jax  # noqa: E402
 from efficient_vdvae_common.data import DataError  # noqa: E402
 from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 from efficient_vdvae_jax.checkpoints import CheckpointError  # noqa: E402
+from efficient_vdvae_jax.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from efficient_vdvae_jax.trainer import Trainer  # noqa: E402
 from hparams import ConfigError  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
+from hparams.saved_run import saved_config_path  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -32,16 +38,31 @@ EXIT_BAD_INPUT = 2
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("Train Efficient-VDVAE (JAX).", argv)
     hp = load_config_or_exit(args, save=False)
+    try:
+        context = init_distributed()  # before anything touches a device
+    except (ValueError, RuntimeError) as error:
+        print(f"error: cannot join the multi-process run (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+              f"JAX_PROCESS_ID): {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return _train(args, hp, context.is_main)
+    finally:
+        shutdown_distributed()
+
+
+def _train(args, hp, is_main: bool) -> int:
     num_devices = jax.local_device_count()
-    if hp.run.num_gpus != num_devices:
-        print(f"note: run.num_gpus = {hp.run.num_gpus} but {num_devices} {jax.default_backend()} device(s) "
+    if hp.run.num_gpus != num_devices and is_main:
+        where = f" per process, {jax.device_count()} in all" if jax.process_count() > 1 else ""
+        print(f"note: run.num_gpus = {hp.run.num_gpus} but {num_devices} {jax.default_backend()} device(s){where} "
               f"are used; the global batch train.batch_size = {hp.train.batch_size} is split over them.",
               flush=True)
     try:
         trainer = Trainer(hp)
         # Save the run's config only once data and checkpoint are known to be usable, so that a
         # typo does not leave a saved run behind.
-        load_config_or_exit(args, save=True)
+        if not saved_config_path(hp.run.name).is_file():  # a saved run: read above, its note printed once
+            load_config_or_exit(args, save=True, is_writer=is_main)
         trainer.run()
     except (CheckpointError, ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,8 +1,9 @@
-"""One training step as one jitted function (SPEC.md section 6), plus evaluation and data-parallel helpers.
+"""One training step as one jitted function (SPEC.md section 6), plus evaluation.
 
-Data parallelism is jit over a device mesh: the batch is sharded along its first
-axis, the state replicated, and XLA inserts the gradient all-reduce. The loss is
-normalised by the global batch, so N devices compute the 1-device gradient.
+Data parallelism is jit over a device mesh (efficient_vdvae_jax/distributed.py):
+the batch is sharded along its first axis, the state replicated, and XLA inserts
+the gradient all-reduce. The loss is normalised by the global batch, so N
+devices compute the 1-device gradient.
 """
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+# Their old home; they live in distributed.py.
+from efficient_vdvae_jax.distributed import DATA_AXIS, replicate, shard_batch  # noqa: F401
+from efficient_vdvae_jax.distributed import global_mesh as data_parallel_mesh  # noqa: F401
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.losses import LossOutput
 from efficient_vdvae_jax.model.optimizers import build_optimizer
 from efficient_vdvae_jax.model.schedules import learning_rate_schedule
-
-DATA_AXIS = "data"
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -110,22 +110,3 @@ def make_eval_step(hp: Any, model: UniversalAutoEncoder | None = None
         return compute_loss(hp, x, logits, posterior, prior, None)
 
     return jax.jit(eval_step)
-
-
-def data_parallel_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-d mesh over the first `num_devices` devices (all by default)."""
-    devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def shard_batch(mesh: Mesh, batch: np.ndarray) -> jax.Array:
-    """(num_devices, per_device_batch, H, W, C) from the data iterator -> one global batch split over the mesh."""
-    if batch.shape[0] != mesh.size:
-        raise ValueError(f"batch has {batch.shape[0]} device slices, the mesh has {mesh.size} devices")
-    global_batch = np.reshape(batch, (-1,) + batch.shape[2:])
-    return jax.device_put(global_batch, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
-
-
-def replicate(mesh: Mesh, tree: Any) -> Any:
-    """The same copy of `tree` (params, train state) on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

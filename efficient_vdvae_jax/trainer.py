@@ -3,7 +3,11 @@
 `Trainer(hp).run()` trains run `hp.run.name` from its latest checkpoint (or
 from scratch) until `train.total_train_steps` updates are applied or a stop
 signal arrives, data parallel over all local devices: the global batch is
-sharded along its first axis, the state replicated (see train_step.py).
+sharded along its first axis, the state replicated (see train_step.py),
+over all processes' devices in a multi-process run (distributed.py): each
+process reads its devices' slices of every global batch, all save each
+checkpoint together, process 0 alone prints and writes TensorBoard, and a stop
+signal to any process stops all after the same step.
 
 Randomness needs no saved RNG state: the key of a train step is derived from
 (run.seed, number of train batches consumed), that of validation batch i from
@@ -21,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
@@ -31,12 +35,15 @@ from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDi
                                                  per_group_scalars, train_scalars)
 from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, TrainingProgress, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
+from efficient_vdvae_jax.distributed import (any_rank, gather_local, global_mesh, is_main_process,
+                                             local_device_range, replicate, replicated_sharding, shard_batch,
+                                             to_host)
+from efficient_vdvae_jax.distributed import local_mesh  # noqa: F401 (imported from here by synthesis)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.autoencoder import num_latent_groups
 from efficient_vdvae_jax.model.losses import is_binarized_mnist, mol_params, sample_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
-from efficient_vdvae_jax.train_step import (DATA_AXIS, TrainState, create_train_state, init_params, make_train_step,
-                                            replicate, shard_batch)
+from efficient_vdvae_jax.train_step import TrainState, create_train_state, init_params, make_train_step
 from hparams import ConfigError
 from hparams.saved_run import logs_dir
 
@@ -54,19 +61,13 @@ def step_key(seed: int, stream: int, counter: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), counter)
 
 
-def local_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-d data-parallel mesh over this host's first `num_devices` devices (all by default)."""
-    devices = jax.local_devices()
-    return Mesh(np.asarray(devices[:num_devices] if num_devices else devices), (DATA_AXIS,))
-
-
 def check_batch_sizes(hp: Any, num_devices: int) -> None:
     """Global batches must split evenly over the devices (SPEC section 6)."""
     for key in ("train.batch_size", "val.batch_size"):
         section, name = key.split(".")
         value = getattr(getattr(hp, section), name)
         if value % num_devices:
-            raise ConfigError(f"{key} = {value} is not divisible by the {num_devices} local devices; "
+            raise ConfigError(f"{key} = {value} is not divisible by the {num_devices} devices; "
                               "the global batch is split evenly over them")
 
 
@@ -110,32 +111,36 @@ def make_validation_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     return jax.jit(validation_step)
 
 
-def padded_validation_batches(hp: Any, num_devices: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Validation batches (num_devices, per_device, H, W, C) with their masks, the last one zero-padded
-    to the full shape so that the validation step compiles once."""
+def padded_validation_batches(hp: Any, num_devices: int, devices: range | None = None
+                              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Validation batches (devices, per_device, H, W, C) with their masks, the last one zero-padded
+    to the full shape so that the validation step compiles once. `devices`: this process's slices
+    of the `num_devices` (default: all)."""
     per_device = hp.val.batch_size // num_devices
-    for x, mask in create_iterator(hp, "val", num_devices=num_devices, with_mask=True):
+    for x, mask in create_iterator(hp, "val", num_devices=num_devices, with_mask=True, devices=devices):
         missing = per_device - x.shape[1]
         if missing:
-            x = np.concatenate([x, np.zeros((num_devices, missing) + x.shape[2:], x.dtype)], axis=1)
-            mask = np.concatenate([mask, np.zeros((num_devices, missing), bool)], axis=1)
+            x = np.concatenate([x, np.zeros((x.shape[0], missing) + x.shape[2:], x.dtype)], axis=1)
+            mask = np.concatenate([mask, np.zeros((x.shape[0], missing), bool)], axis=1)
         yield x, mask
 
 
 def validate(hp: Any, validation_step: Callable, params: Any, mesh: Mesh
              ) -> tuple[dict[str, float], np.ndarray, tuple[np.ndarray, dict] | None]:
-    """Means over the validation images: (scalars, avg KL per group, first batch (x, logits/samples))."""
+    """Means over the validation images: (scalars, avg KL per group, first batch (x, logits/samples)).
+
+    Each process reads its slices of each global batch; the sums are over the whole batch (the jitted
+    step reduces across processes) and the first batch is gathered whole on every process."""
     totals, first_batch = None, None
-    for index, (x, mask) in enumerate(padded_validation_batches(hp, mesh.size)):
-        sharded_mask = jax.device_put(mask.reshape(-1), NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+    for index, (x, mask) in enumerate(padded_validation_batches(hp, mesh.size, local_device_range(mesh))):
         sums, outputs = validation_step(params, step_key(hp.run.seed, VALIDATION_STREAM, index),
-                                        shard_batch(mesh, x), sharded_mask)
+                                        shard_batch(mesh, x), shard_batch(mesh, mask))
         sums = np.asarray(sums, np.float64)
         totals = sums if totals is None else totals + sums
         if first_batch is None:
-            real = mask.reshape(-1)
-            first_batch = (x.reshape((-1,) + x.shape[2:])[real],
-                           {key: np.asarray(value)[real] for key, value in outputs.items()})
+            real = gather_local(mask.reshape(-1))
+            first_batch = (gather_local(x.reshape((-1,) + x.shape[2:]))[real],
+                           {key: value[real] for key, value in to_host(outputs).items()})
     if totals is None:
         raise DataError(f"the validation split ({hp.data.val_data_path}) has no images")
     means = totals[:-1] / totals[-1]
@@ -184,11 +189,13 @@ def abstract_train_state(hp: Any, model: UniversalAutoEncoder, sharding: NamedSh
 
 
 class Trainer:
-    """One training run over all local devices; checkpoints and TensorBoard under `root`."""
+    """One training run over all devices of all processes; checkpoints and TensorBoard under `root`."""
 
     def __init__(self, hp: Any, root: str | Path = ".", devices: int | None = None):
         self.hp = hp
-        self.mesh = local_mesh(devices)
+        self.mesh = global_mesh(devices)
+        self.local_devices = local_device_range(self.mesh)  # this process's slices of each global batch
+        self.is_main = is_main_process()
         check_batch_sizes(hp, self.mesh.size)
         self.model = UniversalAutoEncoder(hp)
         self.logs = logs_dir(hp.run.name, root)
@@ -209,12 +216,13 @@ class Trainer:
         self.skip_limit = SkipLimit(hp)
         self.train_step = make_train_step(hp, self.model)
         self.validation_step = make_validation_step(hp, self.model)
-        self.writers = {mode: TensorBoardWriter(self.logs / mode) for mode in ("train", "val")}
+        self.writers = ({mode: TensorBoardWriter(self.logs / mode) for mode in ("train", "val")}
+                        if self.is_main else {})
         self.stop = StopFlag()
 
     def _initial_state(self) -> tuple[TrainState, TrainingProgress]:
         """The latest checkpoint's state (EMA weights as params with train.resume_from_ema), or a fresh one."""
-        hp, replicated = self.hp, NamedSharding(self.mesh, PartitionSpec())
+        hp, replicated = self.hp, replicated_sharding(self.mesh)
         if self.checkpoints.latest() is None:
             params = init_params(hp, self.model, jax.random.PRNGKey(hp.run.seed))
             return replicate(self.mesh, create_train_state(hp, params)), TrainingProgress()
@@ -227,7 +235,7 @@ class Trainer:
         """Train until total_train_steps or a stop signal; always leaves a checkpoint of the last step."""
         hp = self.hp
         self.stop.install()
-        if self.progress.global_step:
+        if self.progress.global_step and self.is_main:
             print(f"resuming run '{hp.run.name}' at step {self.progress.global_step} "
                   f"(epoch {self.progress.data_epoch}, batch {self.progress.data_batch}, "
                   f"{self.progress.gradient_skip_count} skipped updates)", flush=True)
@@ -243,15 +251,16 @@ class Trainer:
                 writer.close()
             self.checkpoints.close()
         reason = "stopped by signal" if stopped else "finished"
-        print(f"{reason} at step {self.progress.global_step}; checkpoints in {self.checkpoints.directory}",
-              flush=True)
+        if self.is_main:
+            print(f"{reason} at step {self.progress.global_step}; checkpoints in {self.checkpoints.directory}",
+                  flush=True)
         return self.progress
 
     def _run_epoch(self) -> bool:
         """Train from the current data position to the end of its epoch; True when asked to stop."""
         hp = self.hp
         batches = create_iterator(hp, "train", num_devices=self.mesh.size, epoch=self.progress.data_epoch,
-                                  start_batch=self.progress.data_batch)
+                                  start_batch=self.progress.data_batch, devices=self.local_devices)
         try:
             for batch in batches:
                 progress = self.progress
@@ -267,7 +276,7 @@ class Trainer:
                     global_step=progress.global_step + (0 if skipped else 1),
                     gradient_skip_count=progress.gradient_skip_count + (1 if skipped else 0))
 
-                if progress.consumed_batches % hp.train.logging_interval_in_steps == 0:
+                if progress.consumed_batches % hp.train.logging_interval_in_steps == 0 and self.is_main:
                     print(format_train_line(progress, hp.train.total_train_steps, seconds, stats,
                                             num_latent_groups(hp)), flush=True)
                     self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
@@ -278,8 +287,10 @@ class Trainer:
                                                       hp.train.total_train_steps):
                     self.evaluate_and_log(batch)
                     self.save_checkpoint()
-                if self.stop.requested or progress.global_step >= hp.train.total_train_steps:
-                    return self.stop.requested
+                # A signal to any process stops all of them after this same step.
+                stop = any_rank(self.stop.requested)
+                if stop or progress.global_step >= hp.train.total_train_steps:
+                    return stop
         finally:
             batches.close()
         self.progress = dataclasses.replace(self.progress, data_epoch=self.progress.data_epoch + 1, data_batch=0)
@@ -290,18 +301,21 @@ class Trainer:
         weights: the jitted train step returns no logits) and of the first validation batch."""
         hp, step, params = self.hp, self.progress.global_step, self.state.params
         val_scalars, val_avg_kl, (val_x, val_outputs) = validate(hp, self.validation_step, params, self.mesh)
-        train_x = train_batch.reshape((-1,) + train_batch.shape[2:])
         sums, train_outputs = self.validation_step(
-            params, step_key(hp.run.seed, SUMMARY_STREAM, step),
-            shard_batch(self.mesh, train_batch),
-            jax.device_put(np.ones(len(train_x), bool), NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))))
+            params, step_key(hp.run.seed, SUMMARY_STREAM, step), shard_batch(self.mesh, train_batch),
+            shard_batch(self.mesh, np.ones(train_batch.shape[:2], bool)))
+        # Collectives: every process takes part, process 0 alone logs.
+        sums, train_outputs = np.asarray(sums), to_host(train_outputs)
+        train_x = gather_local(train_batch.reshape((-1,) + train_batch.shape[2:]))
+        if not self.is_main:
+            return
         train_ssim = float(sums[3] / sums[-1])
         print(f"step {step} | train nelbo {float(sums[2] / sums[-1]):.4f} ssim {train_ssim:.4f}"
               f" | val recon {val_scalars['recon_report']:.4f} kl {val_scalars['kl_div']:.4f}"
               f" nelbo {val_scalars['nelbo']:.4f} ssim {val_scalars['ssim']:.4f}", flush=True)
         train_writer, val_writer = self.writers["train"], self.writers["val"]
         train_writer.add_scalar("Metrics/ssim", train_ssim, step)
-        log_batch_summaries(hp, train_writer, step, train_x, jax.device_get(train_outputs), params=params)
+        log_batch_summaries(hp, train_writer, step, train_x, train_outputs, params=params)
         val_writer.add_scalars({"Losses/reconstruction": val_scalars["recon_report"],
                                 "Losses/kl_div": val_scalars["kl_div"], "Losses/nelbo": val_scalars["nelbo"],
                                 "Metrics/ssim": val_scalars["ssim"]}, step)

@@ -65,6 +65,7 @@ def create_iterator(
     num_workers: int | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
+    devices: range | None = None,
 ) -> "PrefetchingIterator":
     """One epoch of batches shaped (num_devices, per_device_batch, H, W, C), float32.
 
@@ -75,7 +76,9 @@ def create_iterator(
     batch that cannot be split evenly over the devices is zero-padded, which
     needs with_mask=True to be told apart (never the case on one device).
     `batch_size` is the global batch (default: the split's configured one).
-    Batches `start_batch`.. are produced (resume).
+    Batches `start_batch`.. are produced (resume). `devices` (default: all)
+    keeps only those device slices, shaped (len(devices), ...): a process of a
+    multi-process run reads only its own devices' images of each global batch.
     """
     root = official_data_dir(hp, data_dir)
     image_split = build_split(hp, split, lambda name: load_official_images(name, root, download))
@@ -89,6 +92,10 @@ def create_iterator(
             f"split {split!r} has {len(image_split)} images: its last batch does not divide over "
             f"{num_devices} devices; pass with_mask=True to get the padding mask"
         )
+    if devices is not None:
+        if not devices or devices.start < 0 or devices.stop > num_devices:
+            raise ValueError(f"devices {devices} are not a part of the {num_devices} devices")
+        batches = [slices[devices.start:devices.stop] for slices in batches]
     workers = max(1, len(os.sched_getaffinity(0)) if num_workers is None else num_workers)
     return PrefetchingIterator(image_split, batches, epoch, with_names, with_mask, max(1, prefetch), workers)
 

@@ -55,6 +55,22 @@ def test_same_batches_as_torch_for_imagenet_npz(make_config, tmp_path, writers):
     np.testing.assert_array_equal(train_jax, _torch_nhwc(loader))
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_process_reads_only_its_devices_slices(folder_config, split):
+    """A process of a multi-process run (devices=) gets exactly its slices of the one-process batches."""
+    hp, _ = folder_config("train.batch_size=6", "val.batch_size=6")
+    everything = list(create_iterator(hp, split, num_devices=3, epoch=1, with_mask=True))
+    for devices in (range(0, 1), range(1, 3)):
+        mine = list(create_iterator(hp, split, num_devices=3, epoch=1, with_mask=True, devices=devices))
+        assert len(mine) == len(everything) > 0
+        for (x, mask), (all_x, all_mask) in zip(mine, everything):
+            part = slice(devices.start, devices.stop)
+            assert x.shape[0] == len(devices) and mask.sum(axis=1).tolist() == all_mask[part].sum(axis=1).tolist()
+            np.testing.assert_array_equal(x[mask], all_x[part][all_mask[part]])
+    with pytest.raises(ValueError, match="devices"):
+        create_iterator(hp, split, num_devices=3, devices=range(2, 4))
+
+
 def test_uneven_last_batch_is_padded_with_a_mask(folder_config):
     hp, _ = folder_config("val.batch_size=6")  # 10 images: batches of 6 and 4 over 3 devices
     with pytest.raises(ValueError, match="with_mask=True"):
