@@ -6,6 +6,7 @@ no-op for a single process, so the trainer has one code path.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -29,8 +30,14 @@ def _launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed() -> DistributedContext:
-    """Join the process group torchrun set up (if any) and pick this process's device."""
+def init_distributed(timeout_seconds: float | None = None) -> DistributedContext:
+    """Join the process group torchrun set up (if any) and pick this process's device.
+
+    `timeout_seconds` (run.distributed_timeout_seconds) bounds every collective:
+    a rank whose peer stopped answering (a lost node) fails after that long
+    instead of waiting for ever (gloo raises; NCCL's watchdog aborts the process).
+    """
+    timeout = None if timeout_seconds is None else datetime.timedelta(seconds=timeout_seconds)
     use_cuda = torch.cuda.is_available()
     if not _launched_by_torchrun():
         device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
@@ -48,10 +55,10 @@ def init_distributed() -> DistributedContext:
                 "Launch at most one process per GPU (NUM_GPUS_PER_NODE in train.sh).")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl", device_id=device)
+        dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
     else:
         device = torch.device("cpu")
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="gloo", timeout=timeout)
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
@@ -74,6 +81,30 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_ints(values: list[int], device: torch.device) -> list[list[int]]:
+    """Every rank's `values` (same length on all), indexed by rank; [values] for a single process."""
+    if not is_distributed():
+        return [list(values)]
+    mine = torch.tensor(values, dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    return [[int(v) for v in t.tolist()] for t in gathered]
+
+
+# What gloo and NCCL say when another process of the group died, hung or became unreachable.
+_LOST_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+                      "timed out", "gloo/transport")
+
+
+def is_lost_process_error(error: BaseException) -> bool:
+    """A collective failed because another rank (or its node) stopped answering: crashed, killed or lost."""
+    if not is_distributed():
+        return False
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in _LOST_PEER_MARKERS)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

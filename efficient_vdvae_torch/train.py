@@ -20,9 +20,11 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.lost_process import EXIT_LOST_PROCESS, lost_process_message  # noqa: E402
 from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
-from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
-from efficient_vdvae_torch.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path  # noqa: E402
+from efficient_vdvae_torch.distributed import (init_distributed, is_lost_process_error,  # noqa: E402
+                                               shutdown_distributed)
 from efficient_vdvae_torch.trainer import Trainer  # noqa: E402
 from hparams import ConfigError  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     # Before the process group exists, torchrun's RANK says who is rank 0: the only one to print
     # the "saved configuration is used" note.
     hp = load_config_or_exit(args, save=False, is_writer=os.environ.get("RANK", "0") == "0")
-    ctx = init_distributed()
+    ctx = init_distributed(hp.run.distributed_timeout_seconds)
+    trainer, lost_process = None, False
     try:
         if ctx.is_main and hp.run.num_gpus != ctx.world_size:
             print(f"note: run.num_gpus = {hp.run.num_gpus} but {ctx.world_size} process(es) run; the global "
@@ -54,8 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
+    except RuntimeError as error:
+        if not is_lost_process_error(error):
+            raise
+        lost_process = True
+        saved = trainer.saved_progress if trainer is not None else None
+        print("error: " + lost_process_message(ctx.rank, ctx.world_size, hp.run.distributed_timeout_seconds, error,
+                                               checkpoint_path(hp.run.name), saved.global_step if saved else None),
+              file=sys.stderr, flush=True)
+        return EXIT_LOST_PROCESS
     finally:
-        shutdown_distributed()
+        if not lost_process:  # tearing down a group with a dead member can block
+            shutdown_distributed()
     return 0
 
 

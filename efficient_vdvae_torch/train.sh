@@ -11,11 +11,20 @@
 #                      train.batch_size is split over all processes;
 #                      run.num_gpus is not used to launch (a mismatch is reported).
 #   PYTHON             interpreter (default: python, else python3).
+#   MAX_RESTARTS       torchrun's --max-restarts (default 0): when a rank dies,
+#                      restart all ranks (every node) up to this many times;
+#                      they resume from the last checkpoint.
 #   Multi-node: set NNODES (machines), NODE_RANK (0..NNODES-1) and
 #   RDZV_ENDPOINT (host:port of node 0) on every machine, e.g.
 #     NNODES=2 NODE_RANK=0 RDZV_ENDPOINT=10.0.0.1:29500 sh train.sh --config my.cfg
 #   which runs torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d
-#   --rdzv_endpoint=10.0.0.1:29500 instead of --standalone.
+#   --rdzv_endpoint=10.0.0.1:29500 instead of --standalone. RDZV_ID (default
+#   efficient_vdvae) tells runs sharing an endpoint apart. Start every node
+#   from the same directory of a shared filesystem (checked: all ranks must
+#   resume from the same checkpoint); rank 0 alone writes. A node that dies or
+#   stops answering ends the run on the others within
+#   run.distributed_timeout_seconds (exit 4, one message); run the same
+#   command again on every node to resume.
 # Stopping: SIGTERM or SIGINT, to this script alone or to its whole process
 # group (timeout, scancel, kill -- -PGID, Ctrl-C), reaches every rank; they
 # finish the current step, rank 0 writes the checkpoint, and everything exits 0.
@@ -35,14 +44,38 @@ case "$NUM_GPUS_PER_NODE" in
         exit 2 ;;
 esac
 
+case "${NNODES:-1}" in
+    '' | *[!0-9]* | 0 | 0[0-9]*)
+        echo "error: NNODES=$NNODES: expected a positive whole number (the machines of the run)" >&2
+        exit 2 ;;
+esac
+case "${MAX_RESTARTS:-0}" in
+    '' | *[!0-9]*)
+        echo "error: MAX_RESTARTS=$MAX_RESTARTS: expected a whole number (torchrun's --max-restarts)" >&2
+        exit 2 ;;
+esac
+
 if [ "${NNODES:-1}" -gt 1 ]; then
     : "${NODE_RANK:?set NODE_RANK (0..NNODES-1) for a multi-node run}"
     : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (node 0) for a multi-node run}"
+    case "$NODE_RANK" in
+        '' | *[!0-9]*) bad_node_rank=1 ;;
+        *) bad_node_rank=$([ "$NODE_RANK" -lt "$NNODES" ] && echo 0 || echo 1) ;;
+    esac
+    if [ "$bad_node_rank" = 1 ]; then
+        echo "error: NODE_RANK=$NODE_RANK: expected 0..$((NNODES - 1)) (this machine among NNODES=$NNODES)" >&2
+        exit 2
+    fi
     set -- --nnodes="$NNODES" --node_rank="$NODE_RANK" --rdzv_backend=c10d \
         --rdzv_endpoint="$RDZV_ENDPOINT" --rdzv_id="${RDZV_ID:-efficient_vdvae}" \
-        --nproc_per_node="$NUM_GPUS_PER_NODE" "$SCRIPT_DIR/train.py" "$@"
+        --nproc_per_node="$NUM_GPUS_PER_NODE" --max-restarts="${MAX_RESTARTS:-0}" "$SCRIPT_DIR/train.py" "$@"
 else
-    set -- --standalone --nnodes=1 --nproc_per_node="$NUM_GPUS_PER_NODE" "$SCRIPT_DIR/train.py" "$@"
+    set -- --standalone --nnodes=1 --nproc_per_node="$NUM_GPUS_PER_NODE" --max-restarts="${MAX_RESTARTS:-0}" \
+        "$SCRIPT_DIR/train.py" "$@"
 fi
 
+# A fresh store for the ranks at every (re)start: with torchrun's default, shared with the
+# rendezvous, restarted ranks can read the addresses of the ranks they replace and fail to
+# connect (pytorch/pytorch#135712).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 exec "$PYTHON" "$SCRIPT_DIR/launch.py" "$@"

@@ -32,7 +32,7 @@ from efficient_vdvae_torch.checkpoints import (CheckpointError, TrainingProgress
                                                remove_stale_temp_files, restore_training_state, save_checkpoint,
                                                training_state)
 from efficient_vdvae_torch.data import create_dataloader
-from efficient_vdvae_torch.distributed import DistributedContext, all_reduce_sum, any_rank, barrier
+from efficient_vdvae_torch.distributed import DistributedContext, all_reduce_sum, any_rank, barrier, gather_ints
 from efficient_vdvae_torch.model import UniversalAutoEncoder
 from efficient_vdvae_torch.model.output_distribution import OutputDistribution, mol_log_scales, split_mol_logits
 from efficient_vdvae_torch.model.ssim import ssim_metric
@@ -97,6 +97,26 @@ def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> T
     if hp.run.compile:
         step_model = torch.compile(step_model)
     return TrainingSetup(model, ema_model, step_model, optimizer, lr_schedule, progress, noise)
+
+
+def check_same_start(progress: TrainingProgress, ctx: DistributedContext, checkpoint_file: Path) -> None:
+    """Every rank resumes from the same checkpoint; on several nodes that needs one shared run folder.
+
+    A node that does not see rank 0's checkpoint would silently start from scratch (DDP copies
+    rank 0's weights, but not the optimiser state nor the step count) and the ranks would drift apart.
+    """
+    if ctx.world_size == 1:
+        return
+    per_rank = gather_ints([progress.global_step, progress.gradient_skip_count, progress.data_epoch,
+                            progress.data_batch], ctx.device)
+    differing = [rank for rank, values in enumerate(per_rank) if values != per_rank[0]]
+    if differing:
+        rank = differing[0]
+        raise CheckpointError(
+            f"the training processes do not resume from the same checkpoint {checkpoint_file}: rank 0 is at "
+            f"step {per_rank[0][0]}, rank {rank} at step {per_rank[rank][0]} (0: no checkpoint there), "
+            f"{len(differing)} rank(s) differ. Every node must see the same run folders (checkpoints-<name>, "
+            "logs-<name>): start train.sh on every node from one directory of a shared filesystem")
 
 
 def non_finite_weights(setup: TrainingSetup) -> str | None:
@@ -235,6 +255,7 @@ class Trainer:
         if ctx.is_main:
             remove_stale_temp_files(self.checkpoint_file)
         self.setup = build_training(hp, ctx, self.checkpoint_file)
+        check_same_start(self.setup.progress, ctx, self.checkpoint_file)
         if self.checkpoint_file.exists() and (bad := non_finite_weights(self.setup)):
             raise CheckpointError(f"checkpoint {self.checkpoint_file} holds {bad} that are not finite (NaN or "
                                   "inf): no update can be applied to them; resume from an earlier checkpoint "

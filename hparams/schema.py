@@ -44,6 +44,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "compile": Key("bool", False),
         "channels_last": Key("bool", False),
         "gradient_checkpointing": Key("bool", False),
+        # Added by this project: how long a training process waits for the others before the run
+        # ends with a lost-process message (a dead or unreachable node).
+        "distributed_timeout_seconds": Key("positive_float", 600.0),
     },
     "data": {
         "dataset_source": Key("str", choices=DATASET_SOURCES),

@@ -128,8 +128,12 @@ class ShardedEpochSampler(torch.utils.data.Sampler):
 
 
 def _default_num_workers(hp: Any, world_size: int) -> int:
-    """run.num_cpus, at most this machine's CPUs shared by the ranks."""
-    return max(0, min(int(hp.run.num_cpus), len(os.sched_getaffinity(0)) // world_size))
+    """run.num_cpus, at most this machine's CPUs shared by the ranks on this machine.
+
+    torchrun's LOCAL_WORLD_SIZE counts those; on several nodes it is less than world_size.
+    """
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return max(0, min(int(hp.run.num_cpus), len(os.sched_getaffinity(0)) // max(1, ranks_here)))
 
 
 def create_dataloader(
