@@ -28,6 +28,7 @@ from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 
 from efficient_vdvae_common.data import DataError
+from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.tensorboard import TensorBoardWriter
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
@@ -285,7 +286,12 @@ class Trainer:
                 if not skipped and is_evaluation_step(progress.global_step,
                                                       hp.train.checkpoint_and_eval_interval_in_steps,
                                                       hp.train.total_train_steps):
-                    self.evaluate_and_log(batch)
+                    try:
+                        self.evaluate_and_log(batch)
+                    except CorruptImageError:  # a bad file in val_data: keep the steps trained, then stop
+                        if jax.process_count() == 1:  # processes save together; the others are in validation
+                            self.save_checkpoint()
+                        raise
                     self.save_checkpoint()
                 # A signal to any process stops all of them after this same step.
                 stop = any_rank(self.stop.requested)
