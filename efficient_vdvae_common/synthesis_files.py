@@ -6,7 +6,9 @@ Everything lives in the run's `logs-<name>/` folder:
 - `synthesis-images/generated/<NN>_<setting>/image-0000.png`, ...,
 - `latents/div_stats.npy` (the originals' location; earlier versions of this
   project wrote `div_stats.npy` directly in `logs-<name>/`, still read),
-- `latents/encodings.npz`.
+- `latents/encodings.npz`,
+- `synthesis-images/decoded/<NN>_<setting>/<image stem>.png` (decoding mode,
+  efficient_vdvae_common.latent_decoding).
 """
 from __future__ import annotations
 
@@ -130,6 +132,7 @@ def run_mode(
     generate: Callable[[Path], list[Path]],
     compute_div_stats: Callable[[], np.ndarray],
     encode: Callable[[Sequence[np.ndarray]], Encodings],
+    decode: Callable[[Path], list[Path]] | None = None,
 ) -> None:
     """Run `synthesis.synthesis_mode` with one framework's mode functions; write and report the outputs."""
     mode = hp.synthesis.synthesis_mode
@@ -144,6 +147,14 @@ def run_mode(
             folders = generate(generation_dir(staging))
         print(f"wrote {hp.synthesis.n_generation_batches * hp.synthesis.batch_size} images for each of "
               f"{len(folders)} temperature settings under {output_dir}", flush=True)
+    elif mode == "decoding":
+        # latent_decoding builds on this module: imported here, not at the top.
+        from efficient_vdvae_common.latent_decoding import decoding_dir, decoding_encodings_path
+
+        output_dir = decoding_dir(run_logs)
+        folders = decode(output_dir)
+        print(f"decoded {decoding_encodings_path(hp, run_logs)} for each of {len(folders)} temperature "
+              f"settings under {output_dir}", flush=True)
     elif mode == "div_stats":
         div_stats = compute_div_stats()
         save_div_stats(div_stats_path(run_logs), div_stats)

@@ -3,7 +3,7 @@
 `div_stats` is an (L, variates) array: per latent group and variate, the KL
 between posterior and prior in bits, averaged over images and positions. The
 variates whose KL lies strictly above the `1 - quantile` quantile of ALL
-entries stay on (about the top `quantile` fraction); masked-off variates are
+entries stay on (about the top `quantile` fraction; 1 keeps all); masked-off variates are
 replaced by prior samples in masked reconstruction and left out of encodings.
 """
 from __future__ import annotations
@@ -25,12 +25,15 @@ def variate_masks(div_stats: np.ndarray, quantile: float) -> np.ndarray:
     """Boolean (L, variates) masks: True where div_stats > quantile(div_stats, 1 - quantile).
 
     The threshold uses numpy's default (linear interpolation) quantile over all entries.
+    `quantile` 1 keeps every variate (the strict '>' alone would drop the smallest).
     """
     div_stats = np.asarray(div_stats)
     if div_stats.ndim != 2:
         raise ValueError(f"div_stats must be (groups, variates), got shape {div_stats.shape}")
     if not 0.0 <= quantile <= 1.0:
         raise ValueError(f"synthesis.variate_masks_quantile must be in [0, 1], got {quantile}")
+    if quantile == 1.0:
+        return np.ones(div_stats.shape, bool)
     return div_stats > np.quantile(div_stats, 1.0 - quantile)
 
 

@@ -1,7 +1,8 @@
-"""The four inference modes of JAX Efficient-VDVAE (SPEC.md section 8), on one device.
+"""The five inference modes of JAX Efficient-VDVAE (SPEC.md section 8), on one device.
 
 Each mode is one function taking the config, the model and its parameters:
-`reconstruct`, `generate`, `compute_div_stats`, `encode`; the per-batch work
+`reconstruct`, `generate`, `compute_div_stats`, `encode`, `decode`
+(`decode_encodings` is its programmatic form); the per-batch work
 of each is one jitted function. `run_synthesis` loads the run's checkpoint
 and dispatches on `synthesis.synthesis_mode`; synthesize.py is the
 command-line entry around it. Outputs and names are those of the PyTorch
@@ -28,7 +29,13 @@ from tqdm import tqdm
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.importance_sampling import batch_bound_sum, group_shapes, sample_passes
+from efficient_vdvae_common.image_grids import (ReconstructionGrid, SampleGrid, generation_grid_path,
+                                                reconstruction_grid_path)
+from efficient_vdvae_common.generation_fid import fid_weights, generated_folders, write_generation_fids
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
+from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_grid_path, decoding_inputs,
+                                                    encodings_rows, load_encodings_for_decoding,
+                                                    posterior_sample_rng)
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
                                                     load_run_div_stats, needs_variate_masks, run_mode,
@@ -40,7 +47,7 @@ from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.autoencoder import num_latent_groups
 from efficient_vdvae_jax.model.latent_layers import stats_to_std
-from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, sample_output
+from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, render_output, sample_output
 from efficient_vdvae_jax.model.losses import bernoulli_nll, mol_nll
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.trainer import abstract_train_state, local_mesh
@@ -299,11 +306,13 @@ def compute_div_stats(hp: Any, model: UniversalAutoEncoder, params: Any) -> np.n
 
 
 def make_encoding_step(hp: Any, model: UniversalAutoEncoder, active: dict[int, np.ndarray]) -> Callable:
-    """`posteriors = step(params, rng, x, masks)`: group -> (B, H, W, n_active, 2) posterior (mean, std)."""
+    """`posteriors = step(params, rng, x, masks, posterior_temperature)`: group -> (B, H, W, n_active, 2)
+    posterior (mean, std)."""
     base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
 
-    def step(params, rng, x, masks):
-        _, posterior, _ = model.apply({"params": params}, rng, x, variate_masks=masks)
+    def step(params, rng, x, masks, posterior_temperature):
+        _, posterior, _ = model.apply({"params": params}, rng, x, variate_masks=masks,
+                                      posterior_temperature=posterior_temperature)
         return {g: jnp.stack([posterior[g][0][..., variates], stats_to_std(posterior[g], base, beta)[..., variates]],
                              axis=-1)
                 for g, variates in active.items()}
@@ -311,18 +320,21 @@ def make_encoding_step(hp: Any, model: UniversalAutoEncoder, active: dict[int, n
     return jax.jit(step)
 
 
-def encode(hp: Any, model: UniversalAutoEncoder, params: Any, masks: np.ndarray) -> Encodings:
+def encode(hp: Any, model: UniversalAutoEncoder, params: Any, masks: np.ndarray,
+           posterior_temperature: float = 1.0) -> Encodings:
     """Posterior (mean, std) of the active variates of every train image, per group with any active.
 
     The forward pass uses the masks (masked-off variates take prior samples),
-    so later groups see what masked reconstruction would feed them.
+    so later groups see what masked reconstruction would feed them; its active
+    variates are sampled at `posterior_temperature` (0: the posterior means, the
+    path that decoding the stored means retraces).
     """
     active = {g: np.flatnonzero(mask) for g, mask in enumerate(masks) if mask.any()}
     builder = EncodingsBuilder(active)
     step = make_encoding_step(hp, model, active)
     mask_arrays = _jnp_masks(masks)
     for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "encode", with_names=True), "encoding")):
-        posteriors = step(params, batch_key(hp.run.seed, index), x, mask_arrays)
+        posteriors = step(params, batch_key(hp.run.seed, index), x, mask_arrays, jnp.float32(posterior_temperature))
         posteriors = {g: np.asarray(p, np.float32)[:len(names)] for g, p in posteriors.items()}
         check_finite_outputs(all(np.isfinite(p).all() for p in posteriors.values()),
                              f"the encoding of {describe_images(names)}", _checkpoint_name(hp))
@@ -330,16 +342,108 @@ def encode(hp: Any, model: UniversalAutoEncoder, params: Any, masks: np.ndarray)
     return builder.build()
 
 
+def make_decoding_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
+    """`images, finite = step(params, rng, latents, masks, level_temperatures)`: images decoded from per-group
+    latents and masks (efficient_vdvae_common.latent_decoding) and whether their logits are finite."""
+    def step(params, rng, latents, masks, level_temperatures):
+        # The split of reconstruction's step: batch i of both draws the same output noise.
+        model_rng, output_rng = jax.random.split(rng)
+        logits = model.apply({"params": params}, model_rng, latents, masks, level_temperatures, method=model.decode)
+        return render_output(hp, output_rng, logits), jnp.all(jnp.isfinite(logits))
+
+    return jax.jit(step)
+
+
+def decode_encodings(hp: Any, model: UniversalAutoEncoder, params: Any, encodings: Encodings,
+                     temperatures: list[float] | float = 1.0, posterior_temperature: float = 0.0,
+                     rng: np.random.Generator | None = None, step: Callable | None = None,
+                     first_batch: int = 0) -> np.ndarray:
+    """Images (N, H, W, C) uint8 of every image of `encodings`, in its order, synthesis.batch_size at a time.
+
+    Active variates: the stored posterior means (`posterior_temperature` 0) or
+    samples of the stored posteriors at that temperature (eps from `rng`,
+    default seeded by run.seed); the other variates: prior samples at
+    `temperatures` (one per top-level block, or one for all). Images are read
+    from the output distribution as synthesis.output_sampling says. Batch i
+    uses the key fold_in(PRNGKey(run.seed), first_batch + i). `encodings` may
+    be edited or built (efficient_vdvae_common.latent_decoding.interpolate_encodings);
+    `step` (make_decoding_step) saves a compile across calls.
+    """
+    rng = rng if rng is not None else posterior_sample_rng(hp.run.seed)
+    step = step or make_decoding_step(hp, model)
+    shapes, batch_size = group_shapes(hp), hp.synthesis.batch_size
+    n_levels = len(hp.model.down_strides)
+    level_temperatures = jnp.asarray([float(temperatures)] * n_levels if isinstance(temperatures, (int, float))
+                                     else temperatures, jnp.float32)
+    images = []
+    for index, rows in enumerate(decoding_batches(len(encodings.file_names), batch_size)):
+        latents, masks = decoding_inputs(encodings, rows, shapes, posterior_temperature, rng)
+        real = len(latents[0])
+        # Zero-padded to the batch size: one compile for every batch.
+        latents = [np.concatenate([z, np.zeros((batch_size - real,) + z.shape[1:], z.dtype)]) for z in latents]
+        outputs, finite = step(params, batch_key(hp.run.seed, first_batch + index), latents,
+                               [jnp.asarray(m) for m in masks], level_temperatures)
+        check_finite_outputs(bool(finite), f"the decoding of {describe_images(encodings.file_names[rows])}",
+                             _checkpoint_name(hp))
+        images.append(model_space_to_uint8(np.asarray(outputs)[:real], is_binarized_mnist(hp)))
+    return np.concatenate(images)
+
+
+def decode(hp: Any, model: UniversalAutoEncoder, params: Any, encodings: Encodings,
+           output_dir: str | Path) -> list[Path]:
+    """Decoding mode: `<output_dir>/<setting folder>/<image stem>.png` for every image of `encodings` and
+    temperature setting, plus a grid per setting; returns the folders.
+
+    Every setting restarts the posterior samples' generator and reuses the
+    same keys, so settings differ in the pruned variates' temperatures only.
+    """
+    settings = hp.synthesis.temperature_settings
+    expanded = expand_temperature_settings(settings, len(hp.model.down_strides))
+    step = make_decoding_step(hp, model)
+    folders = []
+    for setting_index, (setting, temperatures) in enumerate(zip(settings, expanded)):
+        folder = Path(output_dir) / temperature_folder_name(setting_index, setting)
+        grid = SampleGrid(decoding_grid_path(output_dir, folder.name))
+        rng = posterior_sample_rng(hp.run.seed)
+        for index, rows in enumerate(_progress(decoding_batches(len(encodings.file_names), hp.synthesis.batch_size),
+                                               f"decoding {folder.name}")):
+            part = encodings_rows(encodings, rows)
+            images = decode_encodings(hp, model, params, part, temperatures,
+                                      hp.synthesis.decoding_posterior_temperature, rng, step, first_batch=index)
+            grid.add(images)
+            for name, image in zip(part.file_names, images):
+                write_png(folder / f"{image_stem(name)}.png", image)
+        grid.write()
+        folders.append(folder)
+    return folders
+
+
 def run_synthesis(hp: Any, root: str | Path = ".", posterior_temperature: float = 1.0) -> None:
     """Load run `hp.run.name` from `root` and run `synthesis.synthesis_mode`, printing a summary."""
     run_logs = logs_dir(hp.run.name, root)
+    # Missing FID weights stop here, before any generation work.
+    inception_weights = fid_weights(hp)
     model = UniversalAutoEncoder(hp)
     params = load_synthesis_params(hp, model, root)
-    # Masks come before any output so that a missing div_stats leaves nothing half-written.
+    # Masks and encodings come before any output so that a missing file leaves nothing half-written.
     masks = load_variate_masks(hp, root) if needs_variate_masks(hp) else None
+    encodings = (load_encodings_for_decoding(hp, run_logs, group_shapes(hp))
+                 if hp.synthesis.synthesis_mode == "decoding" else None)
     run_mode(hp, run_logs, masks,
              reconstruct=lambda output_dir, masks: reconstruct(hp, model, params, output_dir, masks,
                                                                posterior_temperature),
              generate=lambda output_dir: generate(hp, model, params, output_dir),
              compute_div_stats=lambda: compute_div_stats(hp, model, params),
-             encode=lambda masks: encode(hp, model, params, masks))
+             encode=lambda masks: encode(hp, model, params, masks, posterior_temperature),
+             decode=lambda output_dir: decode(hp, model, params, encodings, output_dir))
+    if inception_weights is not None:
+        # The metric is pytorch-fid's (torch, on the CPU), on the PNGs generation wrote.
+        write_generation_fids(hp, inception_weights, generated_folders(hp, run_logs), synthesis_images(hp))
+
+
+def synthesis_images(hp: Any) -> Iterator[np.ndarray]:
+    """The synthesis set as uint8 (H, W, C) images, as reconstruction writes its targets."""
+    binarized = is_binarized_mnist(hp)
+    for x, mask in padded_batches(hp, "synthesis"):
+        x = x[mask]
+        yield from model_space_to_uint8(x[:, MNIST_CROP, MNIST_CROP] if binarized else x, binarized)

@@ -1,14 +1,15 @@
-"""The four inference modes of PyTorch Efficient-VDVAE (SPEC.md section 8).
+"""The five inference modes of PyTorch Efficient-VDVAE (SPEC.md section 8).
 
 Each mode is one function taking the config, a loaded model and its device:
-`reconstruct`, `generate`, `compute_div_stats`, `encode`. `run_synthesis`
+`reconstruct`, `generate`, `compute_div_stats`, `encode`, `decode`
+(`decode_encodings` is its programmatic form). `run_synthesis`
 loads the run's checkpoint and dispatches on `synthesis.synthesis_mode`;
 synthesize.py is the command-line entry around it.
 
 Outputs live in the run's `logs-<name>/` folder (relative to the working
 directory, like training): `synthesis-images/reconstructed/`,
 `synthesis-images/generated/<setting>/`, `latents/div_stats.npy`,
-`latents/encodings.npz`.
+`latents/encodings.npz`, `synthesis-images/decoded/<setting>/`.
 """
 from __future__ import annotations
 
@@ -23,7 +24,13 @@ from tqdm import tqdm
 
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.importance_sampling import batch_bound_sum, group_shapes, sample_passes
+from efficient_vdvae_common.image_grids import (ReconstructionGrid, SampleGrid, generation_grid_path,
+                                                reconstruction_grid_path)
+from efficient_vdvae_common.generation_fid import fid_weights, generated_folders, write_generation_fids
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
+from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_grid_path, decoding_inputs,
+                                                    encodings_rows, load_encodings_for_decoding,
+                                                    posterior_sample_rng)
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (
     ReconstructionMetrics,
@@ -41,7 +48,7 @@ from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_torch.model.latent_layers import gaussian_std
 from efficient_vdvae_torch.model.losses import kl_per_variate
-from efficient_vdvae_torch.model.output_distribution import MNIST_CROP
+from efficient_vdvae_torch.model.output_distribution import MNIST_CROP, render_output
 from efficient_vdvae_torch.model.output_distribution import bernoulli_log_prob, mol_log_prob
 from efficient_vdvae_torch.model.ssim import ssim_per_image
 from hparams.saved_run import logs_dir
@@ -231,11 +238,14 @@ def compute_div_stats(hp: Any, model: UniversalAutoEncoder, device: torch.device
 
 
 @torch.no_grad()
-def encode(hp: Any, model: UniversalAutoEncoder, device: torch.device, masks: np.ndarray) -> Encodings:
+def encode(hp: Any, model: UniversalAutoEncoder, device: torch.device, masks: np.ndarray,
+           posterior_temperature: float = 1.0) -> Encodings:
     """Posterior (mean, std) of the active variates of every train image, per group with any active.
 
     The forward pass uses the masks (masked-off variates take prior samples),
-    so later groups see what masked reconstruction would feed them.
+    so later groups see what masked reconstruction would feed them; its active
+    variates are sampled at `posterior_temperature` (0: the posterior means, the
+    path that decoding the stored means retraces).
     """
     active = {g: np.flatnonzero(mask) for g, mask in enumerate(masks) if mask.any()}
     builder = EncodingsBuilder(active)
@@ -243,7 +253,7 @@ def encode(hp: Any, model: UniversalAutoEncoder, device: torch.device, masks: np
     base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
     for x, names in _progress(create_dataloader(hp, "encode", with_names=True), "encoding"):
         x = x.to(device)
-        _, posterior_stats, _ = model(x, variate_masks=mask_list)
+        _, posterior_stats, _ = model(x, variate_masks=mask_list, posterior_temperature=posterior_temperature)
         posteriors = {}
         for g, variates in active.items():
             index = torch.as_tensor(variates, device=device)
@@ -257,18 +267,97 @@ def encode(hp: Any, model: UniversalAutoEncoder, device: torch.device, masks: np
     return builder.build()
 
 
+@torch.no_grad()
+def decode_latents(model: UniversalAutoEncoder, latents: list[np.ndarray], masks: list[np.ndarray],
+                   temperatures: list[float] | float, device: torch.device) -> torch.Tensor:
+    """Logits from per-group NHWC latents and 0/1 masks (efficient_vdvae_common.latent_decoding)."""
+    # contiguous: a channels-last view would take another convolution kernel (other last bits).
+    tensors = [torch.as_tensor(z).permute(0, 3, 1, 2).contiguous().to(device) for z in latents]
+    return model.decode(tensors, [torch.as_tensor(m) for m in masks], temperatures)
+
+
+@torch.no_grad()
+def decode_encodings(hp: Any, model: UniversalAutoEncoder, device: torch.device, encodings: Encodings,
+                     temperatures: list[float] | float = 1.0, posterior_temperature: float = 0.0,
+                     rng: np.random.Generator | None = None) -> np.ndarray:
+    """Images (N, H, W, C) uint8 of every image of `encodings`, in its order, synthesis.batch_size at a time.
+
+    Active variates: the stored posterior means (`posterior_temperature` 0) or
+    samples of the stored posteriors at that temperature (eps from `rng`,
+    default seeded by run.seed); the other variates: prior samples at
+    `temperatures` (one per top-level block, or one for all). Images are read
+    from the output distribution as synthesis.output_sampling says.
+    `encodings` may be edited or built (efficient_vdvae_common.latent_decoding.interpolate_encodings).
+    """
+    rng = rng if rng is not None else posterior_sample_rng(hp.run.seed)
+    shapes = group_shapes(hp)
+    dist = model.output_distribution
+    images = []
+    for rows in decoding_batches(len(encodings.file_names), hp.synthesis.batch_size):
+        latents, masks = decoding_inputs(encodings, rows, shapes, posterior_temperature, rng)
+        logits = decode_latents(model, latents, masks, temperatures, device)
+        check_finite_outputs(_all_finite(logits), f"the decoding of {describe_images(encodings.file_names[rows])}",
+                             _checkpoint_name(hp))
+        outputs = render_output(logits, dist, hp.synthesis.output_sampling, hp.synthesis.output_temperature)
+        images.append(_to_uint8_images(outputs, dist.bernoulli))
+    return np.concatenate(images)
+
+
+def decode(hp: Any, model: UniversalAutoEncoder, device: torch.device, encodings: Encodings,
+           output_dir: str | Path) -> list[Path]:
+    """Decoding mode: `<output_dir>/<setting folder>/<image stem>.png` for every image of `encodings` and
+    temperature setting, plus a grid per setting; returns the folders.
+
+    Every setting restarts the posterior samples' generator, so settings differ
+    in the pruned variates' temperatures only.
+    """
+    settings = hp.synthesis.temperature_settings
+    expanded = expand_temperature_settings(settings, model.num_levels)
+    folders = []
+    for index, (setting, temperatures) in enumerate(zip(settings, expanded)):
+        folder = Path(output_dir) / temperature_folder_name(index, setting)
+        grid = SampleGrid(decoding_grid_path(output_dir, folder.name))
+        rng = posterior_sample_rng(hp.run.seed)
+        for rows in _progress(decoding_batches(len(encodings.file_names), hp.synthesis.batch_size),
+                              f"decoding {folder.name}"):
+            part = encodings_rows(encodings, rows)
+            images = decode_encodings(hp, model, device, part, temperatures,
+                                      hp.synthesis.decoding_posterior_temperature, rng)
+            grid.add(images)
+            for name, image in zip(part.file_names, images):
+                write_png(folder / f"{image_stem(name)}.png", image)
+        grid.write()
+        folders.append(folder)
+    return folders
+
+
 def run_synthesis(hp: Any, device: torch.device | None = None, root: str | Path = ".",
                   posterior_temperature: float = 1.0) -> None:
     """Load run `hp.run.name` from `root` and run `synthesis.synthesis_mode`, printing a summary."""
     device = device or default_device()
     run_logs = logs_dir(hp.run.name, root)
+    # Missing FID weights stop here, before any generation work.
+    inception_weights = fid_weights(hp)
     model = load_synthesis_model(hp, device, root)
-    # Masks come before any output so that a missing div_stats leaves nothing half-written.
+    # Masks and encodings come before any output so that a missing file leaves nothing half-written.
     masks = load_variate_masks(hp, model, root) if needs_variate_masks(hp) else None
+    encodings = (load_encodings_for_decoding(hp, run_logs, group_shapes(hp))
+                 if hp.synthesis.synthesis_mode == "decoding" else None)
     seed_everything(hp.run.seed)
     run_mode(hp, run_logs, masks,
              reconstruct=lambda output_dir, masks: reconstruct(hp, model, device, output_dir, masks,
                                                                posterior_temperature),
              generate=lambda output_dir: generate(hp, model, device, output_dir),
              compute_div_stats=lambda: compute_div_stats(hp, model, device),
-             encode=lambda masks: encode(hp, model, device, masks))
+             encode=lambda masks: encode(hp, model, device, masks, posterior_temperature),
+             decode=lambda output_dir: decode(hp, model, device, encodings, output_dir))
+    if inception_weights is not None:
+        write_generation_fids(hp, inception_weights, generated_folders(hp, run_logs),
+                              synthesis_images(hp, model), str(device))
+
+
+def synthesis_images(hp: Any, model: UniversalAutoEncoder):
+    """The synthesis set as uint8 (N, H, W, C) images, batch by batch, as reconstruction writes its targets."""
+    binarized = model.output_distribution.bernoulli
+    for x in create_dataloader(hp, "synthesis"):
+        yield from _to_uint8_images(x[:, :, MNIST_CROP, MNIST_CROP] if binarized else x, binarized)

@@ -11,14 +11,18 @@ selects the mode:
   images under logs-<name>/synthesis-images/reconstructed/
   (mask_reconstruction needs div_stats first);
 - generation: prior samples per temperature setting under
-  logs-<name>/synthesis-images/generated/<setting>/;
+  logs-<name>/synthesis-images/generated/<setting>/ (with synthesis.compute_fid,
+  their FID against the synthesis set in generated/fid.json);
 - div_stats: per-variate KL over a subset of the train set, written to
   logs-<name>/latents/div_stats.npy (an older logs-<name>/div_stats.npy is
   still read);
 - encoding: posteriors of the active variates of every train image, written
-  to logs-<name>/latents/encodings.npz (needs div_stats first).
+  to logs-<name>/latents/encodings.npz (needs div_stats first);
+- decoding: images from an encodings file (synthesis.decoding_encodings_path,
+  default logs-<name>/latents/encodings.npz) per temperature setting under
+  logs-<name>/synthesis-images/decoded/<setting>/.
 
-Bad configuration, a missing checkpoint or div_stats, a checkpoint with
+Bad configuration, a missing checkpoint, div_stats or encodings file, a checkpoint with
 non-finite weights or outputs: one line, exit 2, nothing written.
 """
 from __future__ import annotations
@@ -33,6 +37,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.encodings import EncodingsError  # noqa: E402
+from efficient_vdvae_common.fid import FIDError  # noqa: E402
 from efficient_vdvae_common.model_health import BrokenModelError  # noqa: E402
 from efficient_vdvae_common.variate_masks import DivStatsError  # noqa: E402
 from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
@@ -45,10 +51,11 @@ EXIT_BAD_INPUT = 2
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Efficient-VDVAE (PyTorch) inference: reconstruction, "
-                                                 "generation, div_stats or encoding (synthesis.synthesis_mode).")
+                                                 "generation, div_stats, encoding or decoding (synthesis.synthesis_mode).")
     parser.add_argument("--posterior-means", action="store_true",
-                        help="reconstruction: decode the posterior means instead of sampled latents "
-                             "(repeatable images; the printed NELBO is then not the sampled bound)")
+                        help="reconstruction and encoding: take the posterior means instead of sampled latents "
+                             "(repeatable images; the printed NELBO is then not the sampled bound; "
+                             "decoding the means of such an encoding retraces its reconstruction)")
     return parser
 
 
@@ -57,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     hp = load_config_or_exit(args, save=False)
     try:
         run_synthesis(hp, posterior_temperature=0.0 if args.posterior_means else 1.0)
-    except (BrokenModelError, CheckpointError, ConfigError, DataError, DivStatsError) as error:
+    except (BrokenModelError, CheckpointError, ConfigError, DataError, DivStatsError, EncodingsError,
+            FIDError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

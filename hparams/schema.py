@@ -20,7 +20,8 @@ DISTRIBUTION_BASES = ("std", "logstd")
 OPTIMIZERS = ("Adamax", "Adam", "RAdam", "Radam")
 LEARNING_RATE_SCHEMES = ("constant", "cosine", "exponential", "noam")
 VARIATION_SCHEDULES = ("None", "Logistic", "Linear")
-SYNTHESIS_MODES = ("reconstruction", "generation", "div_stats", "encoding")
+SYNTHESIS_MODES = ("reconstruction", "generation", "div_stats", "encoding", "decoding")
+OUTPUT_SAMPLINGS = ("sample", "mean")
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output_temperature": Key("temperature"),
         # Added by this project: samples per image of the importance-weighted NLL (1: the NELBO only).
         "num_importance_samples": Key("positive_int", 1),
+        # Added by this project: decoding mode's encodings file ('' = logs-<name>/latents/encodings.npz) and the
+        # temperature of its samples of the stored posteriors (0 = their means).
+        "decoding_encodings_path": Key("str", ""),
+        "decoding_posterior_temperature": Key("temperature", 0.0),
+        # Added by this project: FID of generation's samples against the synthesis set, with the Inception
+        # weights at inception_weights ('' = torch hub's cache, where pytorch-fid keeps them).
+        "compute_fid": Key("bool", False),
+        "inception_weights": Key("str", ""),
         "batch_size": Key("positive_int"),
+        # Added by this project: images drawn from the output distribution, or its mean.
+        "output_sampling": Key("str", "sample", choices=OUTPUT_SAMPLINGS),
     },
 }
 

@@ -2,7 +2,8 @@
 
 `model = UniversalAutoEncoder(hp)`; `variables = model.init(rng, x)`;
 `logits, posterior_stats, prior_stats = model.apply(variables, rng, x)`;
-`logits, zs = model.apply(variables, rng, batch_size, temperatures, method=model.sample_from_prior)`.
+`logits, zs = model.apply(variables, rng, batch_size, temperatures, method=model.sample_from_prior)`;
+`logits = model.apply(variables, rng, latents, variate_masks, temperatures, method=model.decode)`.
 """
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ class BottomUp(nn.Module):
 class LevelBlockDown(nn.Module):
     """One latent group: (unpool), prior and posterior, sample z, project it in, residual cells.
 
-    With `skip=None` it samples from the prior instead (generation).
+    With `skip=None` it samples from the prior instead (generation), or, given
+    `latent` and `variate_mask`, decodes: z is `latent` where the mask is 1.
     """
 
     n_blocks: int
@@ -149,7 +151,7 @@ class LevelBlockDown(nn.Module):
     @nn.compact
     def __call__(self, y: jax.Array, skip: jax.Array | None, rng: jax.Array, *,
                  temperature: float | jax.Array = 1.0, noise: jax.Array | None = None,
-                 variate_mask: jax.Array | None = None
+                 variate_mask: jax.Array | None = None, latent: jax.Array | None = None
                  ) -> tuple[jax.Array, GaussianStats | None, GaussianStats, jax.Array]:
         if self.stride > 1:
             y = UnpoolLayer(self.filters, self.stride, self.out_resolution, dtype=self.dtype, name="unpool")(y)
@@ -172,6 +174,9 @@ class LevelBlockDown(nn.Module):
         if skip is None:
             posterior = None
             z = self._sample(prior, noise, temperature)
+            if latent is not None:
+                # Decoding: the given z where the mask is 1 (the mix of masked inference below).
+                z = variate_mask * latent + (1.0 - variate_mask) * z
         else:
             y_post = cell(f + self.skip_filters, self.mid_ratio * 0.5, 0.5, 1.0, "posterior_net_0")(
                 jnp.concatenate([y, skip], axis=-1))
@@ -228,7 +233,8 @@ class TopDown(nn.Module):
     @nn.compact
     def __call__(self, skips: Sequence[jax.Array] | None, batch_size: int, rng: jax.Array, *,
                  temperatures: Sequence, noise: Sequence[jax.Array] | None = None,
-                 variate_masks: Sequence[jax.Array] | None = None
+                 variate_masks: Sequence[jax.Array] | None = None,
+                 latents: Sequence[jax.Array] | None = None
                  ) -> tuple[jax.Array, list, list, list]:
         m = self.hp.model
         h0 = top_resolution(self.hp)
@@ -241,7 +247,8 @@ class TopDown(nn.Module):
             y, posterior, prior, z = block(
                 y, None if skips is None else skips[level], rngs[g], temperature=temperatures[g],
                 noise=None if noise is None else noise[g],
-                variate_mask=None if variate_masks is None else variate_masks[g])
+                variate_mask=None if variate_masks is None else variate_masks[g],
+                latent=None if latents is None else latents[g])
             posteriors.append(posterior)
             priors.append(prior)
             zs.append(z)
@@ -295,3 +302,20 @@ class UniversalAutoEncoder(nn.Module):
         logits, _, _, zs = self.top_down(None, batch_size, rng, noise=noise,
                                          temperatures=expand_temperatures(self.hp, temperatures))
         return logits, zs
+
+    def decode(self, rng: jax.Array, latents: Sequence[jax.Array], variate_masks: Sequence[jax.Array],
+               temperatures: float | Sequence[float] = 1.0) -> jax.Array:
+        """Logits of images from given latents (decoding mode, SPEC.md section 8).
+
+        latents: L arrays (B, H, W, variates), one per group in top-down order;
+        variate_masks: L arrays (variates,) in {0, 1}: where 1 the group's z is
+        the given latent, where 0 a prior sample at the group's top-level block's
+        temperature (one temperature per top-level block, or one for all).
+        """
+        n_groups = num_latent_groups(self.hp)
+        if len(latents) != n_groups or len(variate_masks) != n_groups:
+            raise ValueError(f"expected {n_groups} latents and variate masks (one per latent group), "
+                             f"got {len(latents)} and {len(variate_masks)}")
+        logits, _, _, _ = self.top_down(None, latents[0].shape[0], rng, variate_masks=variate_masks,
+                                        latents=latents, temperatures=expand_temperatures(self.hp, temperatures))
+        return logits

@@ -104,6 +104,13 @@ class TopDown(nn.Module):
             zs.append(z)
         return self.output_conv(y), zs
 
+    def decode(self, latents: Sequence[torch.Tensor], variate_masks: Sequence[torch.Tensor],
+               temperatures: Sequence[float]) -> torch.Tensor:
+        y = self.trainable_h.expand(latents[0].shape[0], -1, -1, -1)
+        for g, (i, block) in enumerate(self._blocks()):
+            y = block.decode(y, temperatures[i], latents[g], variate_masks[g])
+        return self.output_conv(y)
+
 
 class UniversalAutoEncoder(nn.Module):
     """Efficient-VDVAE. Parameter names match the original PyTorch state_dict.
@@ -159,6 +166,28 @@ class UniversalAutoEncoder(nn.Module):
             raise ValueError(f"temperatures: expected {self.num_levels} values (one per top-level block), "
                              f"got {len(temperatures)}")
         return self.top_down.sample_from_prior(batch_size, temperatures, noise)
+
+    @torch.no_grad()
+    def decode(self, latents: Sequence[torch.Tensor], variate_masks: Sequence, temperatures: Sequence[float] | float
+               ) -> torch.Tensor:
+        """Logits of images from given latents (decoding mode, SPEC.md section 8).
+
+        latents: L tensors (B, variates, H, W), one per group in top-down order;
+        variate_masks: L masks (variates,) in {0, 1}: where 1 the group's z is
+        the given latent, where 0 a prior sample at the group's top-level block's
+        temperature (one temperature per top-level block, or one for all).
+        """
+        if isinstance(temperatures, (int, float)):
+            temperatures = [float(temperatures)] * self.num_levels
+        if len(temperatures) != self.num_levels:
+            raise ValueError(f"temperatures: expected {self.num_levels} values (one per top-level block), "
+                             f"got {len(temperatures)}")
+        if len(latents) != self.num_groups or len(variate_masks) != self.num_groups:
+            raise ValueError(f"expected {self.num_groups} latents and variate masks (one per latent group), "
+                             f"got {len(latents)} and {len(variate_masks)}")
+        device = self.top_down.trainable_h.device
+        return self.top_down.decode([torch.as_tensor(z, device=device) for z in latents],
+                                    self._as_masks(variate_masks, device), temperatures)
 
     @torch.no_grad()
     def sample_output(self, logits: torch.Tensor, temperature: float | None = None,

@@ -188,3 +188,16 @@ class LevelBlockDown(nn.Module):
         y, kl_residual, prior_stats = self._prior(y)
         z = self.prior_layer.sample(prior_stats, temperature, noise)
         return self._merge(y, kl_residual, z), z
+
+    def decode(self, y: torch.Tensor, temperature: float, latent: torch.Tensor, variate_mask: torch.Tensor
+               ) -> torch.Tensor:
+        """Decoding: z is `latent` where `variate_mask` is 1, a prior sample at `temperature` elsewhere.
+
+        The mix is that of masked inference (forward), so a latent equal to the
+        posterior mean gives the same y as reconstruction from posterior means.
+        """
+        y, kl_residual, prior_stats = self._prior(y)
+        z_prior = self.prior_layer.sample(prior_stats, temperature)
+        mask = variate_mask.to(dtype=z_prior.dtype, device=z_prior.device)[None, :, None, None]
+        z = mask * latent.to(dtype=z_prior.dtype, device=z_prior.device) + (1.0 - mask) * z_prior
+        return self._merge(y, kl_residual, z)

@@ -30,8 +30,11 @@ def test_masks_keep_the_top_fraction():
 def test_ties_at_the_threshold_stay_off():
     # Strictly greater: a constant div_stats (e.g. an untrained model) turns every variate off.
     assert not variate_masks(np.full((3, 4), 0.5), 0.03).any()
-    # quantile 1: threshold = min, everything above the minimum stays on.
-    assert variate_masks(np.array([[0.0, 1.0, 2.0]]), 1.0).tolist() == [[False, True, True]]
+    # quantile 1 keeps every variate, the minimum and ties included (SPEC section 12; the strict '>' against
+    # quantile(div_stats, 0) = min would drop the smallest); just below 1 the strict rule applies again.
+    assert variate_masks(np.array([[0.0, 1.0, 2.0]]), 1.0).tolist() == [[True, True, True]]
+    assert variate_masks(np.full((3, 4), 0.5), 1.0).all()
+    assert variate_masks(np.array([[0.0, 1.0, 2.0]]), 0.999).tolist() == [[False, True, True]]
 
 
 def test_masks_reject_bad_input():
