@@ -392,6 +392,9 @@ class Trainer:
             save_checkpoint(training_state(self.progress, setup.model, setup.ema_model, setup.optimizer,
                                            setup.lr_schedule),
                             self.checkpoint_file, self.hp.run.max_allowed_checkpoints)
-        self.saved_progress = self.progress
+            self.saved_progress = self.progress
         if not this_rank_alone:
             barrier()
+        # The other ranks know the file is written once rank 0 reaches the barrier (a lost-process
+        # message names saved_progress's step: it must be the file's).
+        self.saved_progress = self.progress

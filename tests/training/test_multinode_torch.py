@@ -209,29 +209,32 @@ def test_nodes_that_do_not_share_the_run_folder_are_refused(run_overrides, tmp_p
 
 
 @pytest.mark.slow  # a 2-node run, killed, then resumed: about 2 minutes on a shared CPU
-def test_a_lost_node_ends_the_run_and_both_nodes_resume(run_overrides, tmp_path, nodes):
-    """SIGKILL to every process of node 1 mid-run (a machine that dies): node 0 stops soon with a
-    message and a non-zero exit, keeping the last checkpoint; the same command on both nodes
-    resumes from it and the step count continues. Both nodes share one folder, as on a cluster's
-    shared filesystem."""
+@pytest.mark.parametrize("dying", ["rank 1", "rank 0"])  # rank 0's node also hosts the rendezvous
+def test_a_lost_node_ends_the_run_and_both_nodes_resume(run_overrides, tmp_path, nodes, dying):
+    """SIGKILL to every process of one node mid-run (a machine that dies): the other stops soon
+    with a message and a non-zero exit, keeping the last checkpoint; the same command on both
+    nodes resumes from it and the step count continues. Both nodes share one folder, as on a
+    cluster's shared filesystem."""
     overrides = run_overrides("lost", "train.total_train_steps=100000", "train.checkpoint_and_eval_interval_in_steps=2",
                               "run.num_gpus=2", "run.distributed_timeout_seconds=60")
     shared = tmp_path / "shared"
     shared.mkdir()
     nodes.extend(_start_two_nodes((shared, shared), tmp_path, ["--config", str(CONFIG), "--set", *overrides]))
     main, other = _wait_for_rank0(nodes, "step 3/")  # the checkpoint of step 2 is written
-    other.kill()
+    victim, survivor = (other, main) if dying == "rank 1" else (main, other)
+    victim.kill()
     killed = time.monotonic()
-    returncode = main.wait(timeout=120)
+    returncode = survivor.wait(timeout=120)
     seconds = time.monotonic() - killed
     assert returncode != 0
-    assert LOST_PROCESS in main.err, main.err[-3000:]
-    assert "start the same command again on every node" in main.err
+    assert LOST_PROCESS in survivor.err, survivor.err[-3000:]
+    assert "start the same command again on every node" in survivor.err
     saved = load_checkpoint(shared / "checkpoints-lost")
     step = saved["global_step"]
     assert step >= 2 and step % 2 == 0
-    assert f"checkpoint {Path('checkpoints-lost')} (step {step}) is kept" in main.err
-    print(f"rank 0's node stopped {seconds:.1f} s after the other node was killed, checkpoint at step {step}")
+    assert f"checkpoint {Path('checkpoints-lost')} (step {step}) is kept" in survivor.err
+    print(f"the node of the other rank stopped {seconds:.1f} s after {dying}'s node was killed, "
+          f"checkpoint at step {step}")
     assert seconds < 60
 
     nodes.clear()
