@@ -14,6 +14,7 @@ Tiles are the uint8 images the per-image files hold, unscaled, laid out by
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -80,6 +81,10 @@ def write_grid(path: str | Path, grid: np.ndarray) -> Path:
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
     with atomic_binary_file(path) as stream:
         stream.write(buffer.getvalue())
+    # The temporary file was private (0600); give the grid the permissions of the per-image files.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
     return Path(path)
 
 

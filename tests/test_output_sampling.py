@@ -27,19 +27,19 @@ def _parameters(channels: int, seed: int = 0):
 
 
 def _hand_mean(mixture_logits, means, raw_coefficients, max_pix):
-    """sum_k pi_k * location_k, per pixel and channel, clipped; location_k of green (blue) adds
-    tanh(coefficient) times the component's red (and green) locations."""
+    """sum_k pi_k * location_k, per pixel and channel; location_k of green (blue) adds tanh(coefficient)
+    times the component's red (and green) locations, each location clipped to [-1, max_pix]."""
     pi = np.exp(mixture_logits - mixture_logits.max(axis=1, keepdims=True))
     pi = pi / pi.sum(axis=1, keepdims=True)  # B, M, H, W
     coefficient = np.tanh(raw_coefficients)
-    red = means[:, 0]
+    clip = lambda v: np.clip(v, -1.0, max_pix)  # noqa: E731
+    red = clip(means[:, 0])
     locations = [red]
     if means.shape[1] == 3:
-        green = means[:, 1] + coefficient[:, 0] * red  # (g <- r) is stored in channel 0's slots
-        blue = means[:, 2] + coefficient[:, 1] * red + coefficient[:, 2] * green
+        green = clip(means[:, 1] + coefficient[:, 0] * red)  # (g <- r) is stored in channel 0's slots
+        blue = clip(means[:, 2] + coefficient[:, 1] * red + coefficient[:, 2] * green)
         locations += [green, blue]
-    expected = np.stack([(pi * location).sum(axis=1) for location in locations], axis=1)  # B, C, H, W
-    return np.clip(expected, -1.0, max_pix)
+    return np.stack([(pi * location).sum(axis=1) for location in locations], axis=1)  # B, C, H, W
 
 
 def _torch_logits(mixture_logits, means, raw_scales, raw_coefficients):
@@ -92,8 +92,11 @@ def test_mol_mean_equals_the_hand_computed_mixture_mean(framework, channels, num
     actual = FRAMEWORKS[framework](hp, parameters)
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, atol=2e-6)
-    # The clipping is exercised, and the mean is not just the most likely component's mean.
-    assert (expected == max_pix).any() and (expected == -1.0).any()
+    # Each component is clipped before the mixing (a far-off unlikely component cannot drag the mean):
+    # the image differs from the clipped mixture of unclipped locations.
+    pi = np.exp(parameters[0]) / np.exp(parameters[0]).sum(axis=1, keepdims=True)
+    red_of_unclipped_locations = np.clip((pi * parameters[1][:, 0]).sum(axis=1), -1.0, max_pix)
+    assert np.abs(red_of_unclipped_locations - actual[:, 0]).max() > 0.02
     most_likely = np.take_along_axis(parameters[1], parameters[0].argmax(axis=1)[:, None, None], axis=2)[:, :, 0]
     assert np.abs(actual - np.clip(most_likely, -1.0, max_pix)).max() > 0.1
 

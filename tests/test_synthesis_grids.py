@@ -80,6 +80,8 @@ def test_reconstruction_grid_rows_of_targets_above_rows_of_reconstructions(synth
     path = reconstruction_grid_path(reconstruction_dir(logs))
     assert path == logs / "synthesis-images" / "grids" / "reconstruction.png"
     grid = _read(path)
+    # Readable like the per-image files (the atomic writer's temporary file is private).
+    assert path.stat().st_mode & 0o777 == (reconstruction_dir(logs) / "img_000.png").stat().st_mode & 0o777
     cols, pair_rows = 8, 2  # 11 images: 8 then 3
     assert grid.shape == (GRID_PADDING + 2 * pair_rows * (RES + GRID_PADDING),
                           GRID_PADDING + cols * (RES + GRID_PADDING), 3)

@@ -200,20 +200,25 @@ def sample_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
 
 
 def mean_of_mol(hp: Any, logits: jax.Array) -> jax.Array:
-    """The mixture's mean image (B, H, W, C), clipped to [min_pix, max_pix] (SPEC.md section 8).
+    """The mixture's mean image (B, H, W, C) in [min_pix, max_pix] (SPEC.md section 5).
 
     Each component's location for green (blue) is its mean plus the
-    coefficients times the same component's red (and green) locations (the
-    sampler's autoregression with the logistic noise at its mean, 0); the image
-    is the mixture-weighted (softmax of the mixture logits) sum of the locations.
+    coefficients times the same component's red (and green) locations, every
+    location clipped to the pixel range (the sampler with the logistic noise at
+    its mean, 0); the image is the mixture-weighted (softmax of the mixture
+    logits) sum of the locations. Clipping each component, as the pixel values
+    are, keeps an unlikely component with a far-off location from dragging the mean.
     """
     min_pix, max_pix = pixel_range(hp)
     mixture_logits, means, _, _, coefs = mol_params(hp, logits)
+    clip = lambda v: jnp.clip(v, min_pix, max_pix)  # noqa: E731
     if means.shape[-1] == 3:
-        r = means[..., 0]
-        g = means[..., 1] + coefs[..., 0] * r
-        b = means[..., 2] + coefs[..., 1] * r + coefs[..., 2] * g
+        r = clip(means[..., 0])
+        g = clip(means[..., 1] + coefs[..., 0] * r)
+        b = clip(means[..., 2] + coefs[..., 1] * r + coefs[..., 2] * g)
         means = jnp.stack([r, g, b], axis=-1)
+    else:
+        means = clip(means)
     weights = jax.nn.softmax(mixture_logits, axis=-1)[..., None]  # B, H, W, M, 1
     return jnp.clip(jnp.sum(means * weights, axis=-2), min_pix, max_pix)
 

@@ -187,19 +187,22 @@ def sample_output(logits: torch.Tensor, dist: OutputDistribution, temperature: f
 
 
 def mol_mean(logits: torch.Tensor, dist: OutputDistribution) -> torch.Tensor:
-    """The mixture's mean image (B, C, H, W), clipped to [min_pix, max_pix] (SPEC.md section 8).
+    """The mixture's mean image (B, C, H, W) in [min_pix, max_pix] (SPEC.md section 5).
 
     Each component's location for channel c is its mean plus the coefficients
-    times the earlier channels' locations of the same component (the sampler's
-    autoregression with the logistic noise at its mean, 0); the image is the
-    mixture-weighted (softmax of the mixture logits) sum of the locations.
+    times the earlier channels' locations of the same component, clipped to
+    the pixel range (the sampler with the logistic noise at its mean, 0); the
+    image is the mixture-weighted (softmax of the mixture logits) sum of the
+    locations. Clipping each component, as the pixel values are, keeps an
+    unlikely component with a far-off location from dragging the mean.
     """
     min_pix, max_pix = dist.pixel_range
     mixture_logits, means, _, coeffs = split_mol_logits(logits, dist)
     weights = torch.softmax(mixture_logits, dim=1)  # B, M, H, W
     locations: list[torch.Tensor] = []
     for c in range(dist.channels):
-        locations.append(means[:, c] + sum(coeffs[:, _coefficient_slot(c, k)] * locations[k] for k in range(c)))
+        location = means[:, c] + sum(coeffs[:, _coefficient_slot(c, k)] * locations[k] for k in range(c))
+        locations.append(torch.clamp(location, min_pix, max_pix))
     mean = (torch.stack(locations, dim=1) * weights.unsqueeze(1)).sum(dim=2)
     return torch.clamp(mean, min_pix, max_pix)
 
