@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow demo clean-venv
+.PHONY: install test test-slow demo demo-jax clean-venv
 
 install: $(STAMP)
 
@@ -22,16 +22,15 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow
 
-# Quick start: build the offline sample dataset, train the tiny quickstart
-# model on the CPU, then reconstruct and sample from it.
+# Quick start (a few minutes on 2 CPU cores): build the offline shapes dataset,
+# train the tiny quickstart model from scratch, reconstruct and sample from it;
+# prints the test NELBO, the grids to open and the TensorBoard command.
 demo: install
-	$(PY) data_scripts/make_sample_dataset.py
-	cd efficient_vdvae_torch && ../$(PY) train.py --config ../egs/quickstart.cfg
-	cd efficient_vdvae_torch && ../$(PY) synthesize.py --config ../egs/quickstart.cfg \
-		--set synthesis.synthesis_mode=reconstruction synthesis.save_target_in_reconstruction=True
-	cd efficient_vdvae_torch && ../$(PY) synthesize.py --config ../egs/quickstart.cfg \
-		--set synthesis.synthesis_mode=generation
-	@echo "Images: efficient_vdvae_torch/logs-quickstart/synthesis-images/; curves: tensorboard --logdir efficient_vdvae_torch/logs-quickstart"
+	$(PY) scripts/quickstart_demo.py torch
+
+# The same with the JAX implementation.
+demo-jax: install
+	$(PY) scripts/quickstart_demo.py jax
 
 clean-venv:
 	rm -rf $(VENV)
