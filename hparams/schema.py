@@ -18,6 +18,8 @@ REQUIRED = object()
 DATASET_SOURCES = ("binarized_mnist", "cifar-10", "imagenet", "celebA", "celebAHQ", "ffhq", "custom")
 DISTRIBUTION_BASES = ("std", "logstd")
 OPTIMIZERS = ("Adamax", "Adam", "RAdam", "Radam")
+# native: each framework its own original's initialisation (efficient_vdvae_common/initialization.py).
+INITIALIZERS = ("native", "torch", "flax")
 LEARNING_RATE_SCHEMES = ("constant", "cosine", "exponential", "noam")
 VARIATION_SCHEDULES = ("None", "Logistic", "Linear")
 SYNTHESIS_MODES = ("reconstruction", "generation", "div_stats", "encoding", "decoding")
@@ -94,6 +96,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "down_latent_variates": Key("list_positive_int"),
         "output_kernel_size": Key("kernel"),
         "num_output_mixtures": Key("positive_int"),
+        # Added by this project: which original's weight initialisation to use.
+        "initializer": Key("str", "native", choices=INITIALIZERS),
     },
     "loss": {
         "min_mol_logscale": Key("float"),

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficient_vdvae_common.initialization import initializer_scheme
 from efficient_vdvae_jax.model.latent_layers import GaussianLatentLayer, GaussianStats, sample_gaussian
 from efficient_vdvae_jax.model.layers import KernelSize, PoolLayer, ResidualConvCell, UnpoolLayer, conv2d
 
@@ -79,6 +80,7 @@ class LevelBlockUp(nn.Module):
     use_1x1_conv: bool
     checkpointed: bool = False
     dtype: Any = None
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
@@ -86,7 +88,7 @@ class LevelBlockUp(nn.Module):
             x = residual_cell(self.checkpointed)(
                 self.n_layers, self.in_filters, self.mid_ratio, self.kernel_size, self.init_scale,
                 residual=True, out_ratio=1.0, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype,
-                name=f"residual_block_{b}")(x)
+                initializer=self.initializer, name=f"residual_block_{b}")(x)
         skip = conv2d(self.skip_filters, 1, dtype=self.dtype, name="skip_projection")(x) if self.use_skip else None
         if self.stride > 1:
             x = PoolLayer(self.filters, self.stride, dtype=self.dtype, name="pool")(x)
@@ -110,7 +112,8 @@ class BottomUp(nn.Module):
                 return LevelBlockUp(m.up_n_blocks[i], m.up_n_layers[i], in_filters[i], m.up_filters[i],
                                     m.up_mid_filters_ratio[i], m.up_kernel_size[i], stride,
                                     m.up_skip_filters[i], use_skip, stable_init_scale(self.hp),
-                                    m.use_1x1_conv, self.hp.run.gradient_checkpointing, dtype, name=name)
+                                    m.use_1x1_conv, self.hp.run.gradient_checkpointing, dtype,
+                                    initializer_scheme(self.hp, "jax"), name=name)
 
             for j in range(m.up_n_blocks_per_res[i]):
                 x, _ = level_block(1, False, f"levels_up_{i}_{j}")(x)
@@ -144,6 +147,7 @@ class LevelBlockDown(nn.Module):
     use_1x1_conv: bool
     checkpointed: bool = False
     dtype: Any = None
+    initializer: str = "flax"
 
     def _sample(self, stats: GaussianStats, eps: jax.Array, temperature) -> jax.Array:
         return sample_gaussian(stats, self.distribution_base, self.gradient_smoothing_beta, eps, temperature)
@@ -159,7 +163,8 @@ class LevelBlockDown(nn.Module):
         cell_class = residual_cell(self.checkpointed)
         cell = lambda in_filters, ratio, out_ratio, init_scale, name: cell_class(  # noqa: E731
             self.n_layers, in_filters, ratio, self.kernel_size, init_scale, residual=False,
-            out_ratio=out_ratio, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype, name=name)
+            out_ratio=out_ratio, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype,
+            initializer=self.initializer, name=name)
         latent_layer = lambda name: GaussianLatentLayer(  # noqa: E731
             self.variates, self.distribution_base, self.gradient_smoothing_beta, dtype=self.dtype, name=name)
 
@@ -192,8 +197,21 @@ class LevelBlockDown(nn.Module):
         for b in range(self.n_blocks):
             y = cell_class(self.n_layers, f, self.mid_ratio, self.kernel_size, self.cells_init_scale,
                            residual=True, out_ratio=1.0, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype,
-                           name=f"residual_block_{b}")(y)
+                           initializer=self.initializer, name=f"residual_block_{b}")(y)
         return y, posterior, prior, z
+
+
+def trainable_h_init(scheme: str) -> nn.initializers.Initializer:
+    """Zeros (the JAX original), or uniform in +-sqrt(3 / (H*W*C)) as torch's
+    kaiming_uniform(nonlinearity='linear') on the (1, C, H, W) tensor (the PyTorch original)."""
+    if scheme == "flax":
+        return nn.initializers.zeros
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        bound = math.sqrt(3.0 / math.prod(shape[1:]))
+        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+    return init
 
 
 class TopDown(nn.Module):
@@ -223,7 +241,7 @@ class TopDown(nn.Module):
                     cells_init_scale=stable_init_scale(self.hp),
                     z_projection_init_scale=math.sqrt(1.0 / n_groups),
                     use_1x1_conv=m.use_1x1_conv, checkpointed=self.hp.run.gradient_checkpointing,
-                    dtype=compute_dtype(self.hp), name=name)
+                    dtype=compute_dtype(self.hp), initializer=initializer_scheme(self.hp, "jax"), name=name)
 
             blocks.append((level_block(stride, f"levels_down_upsample_{i}"), i))
             for j in range(m.down_n_blocks_per_res[i]):
@@ -238,7 +256,8 @@ class TopDown(nn.Module):
                  ) -> tuple[jax.Array, list, list, list]:
         m = self.hp.model
         h0 = top_resolution(self.hp)
-        trainable_h = self.param("trainable_h", nn.initializers.zeros, (1, h0, h0, m.down_filters[0]))
+        trainable_h = self.param("trainable_h", trainable_h_init(initializer_scheme(self.hp, "jax")),
+                                 (1, h0, h0, m.down_filters[0]))
         y = jnp.tile(trainable_h, (batch_size, 1, 1, 1))
         blocks = self._blocks()
         rngs = jax.random.split(rng, len(blocks))

@@ -37,20 +37,37 @@ def scaled_glorot_uniform(scale: float) -> nn.initializers.Initializer:
     return init
 
 
+def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """torch's default conv bias: uniform in +-1/sqrt(fan_in)."""
+    bound = 1.0 / fan_in ** 0.5
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+    return init
+
+
+# torch's default conv weight init, kaiming_uniform(a=sqrt(5)): uniform in +-1/sqrt(fan_in).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 def conv2d(features: int, kernel_size: KernelSize, stride: int = 1, init_scale: float = 1.0,
-           dtype: Any = None, name: str | None = None, odd_pixel_first: bool = True) -> nn.Conv:
+           dtype: Any = None, name: str | None = None, odd_pixel_first: bool = True,
+           torch_default_init_fan_in: int | None = None) -> nn.Conv:
     """A 'same'-padded convolution with Glorot weights (times `init_scale`) and zero biases.
 
     `dtype`: the computation dtype (bfloat16 for mixed precision); parameters stay float32.
-    `odd_pixel_first`: see `same_padding`.
+    `odd_pixel_first`: see `same_padding`. `torch_default_init_fan_in`: when given, torch's
+    default init instead (in_channels * kh * kw; a flax bias init does not see the input).
     """
+    torch_default = torch_default_init_fan_in is not None
     return nn.Conv(
         features=features,
         kernel_size=as_pair(kernel_size),
         strides=(stride, stride),
         padding=same_padding(kernel_size, stride, odd_pixel_first),
-        kernel_init=scaled_glorot_uniform(init_scale),
-        bias_init=nn.initializers.zeros,
+        kernel_init=torch_default_kernel_init if torch_default else scaled_glorot_uniform(init_scale),
+        bias_init=torch_default_bias_init(torch_default_init_fan_in) if torch_default else nn.initializers.zeros,
         dtype=dtype,
         name=name,
     )
@@ -60,7 +77,9 @@ class ResidualConvCell(nn.Module):
     """silu -> conv sandwich: edge conv, `n_layers` k x k convs, edge conv; optional skip.
 
     The convs are named `convs_1`, `convs_3`, ... like the odd indices of the
-    original's `convs` Sequential (its SiLUs sat at the even ones).
+    original's `convs` Sequential (its SiLUs sat at the even ones). `initializer`
+    'torch' gives the first conv torch's default init (the PyTorch original),
+    'flax' Glorot and zero bias like the other convs (the JAX original).
     """
 
     n_layers: int
@@ -72,14 +91,17 @@ class ResidualConvCell(nn.Module):
     out_ratio: float
     use_1x1_conv: bool
     dtype: Any = None
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         mid = int(self.in_filters * self.mid_ratio)
         out = int(self.in_filters * self.out_ratio)
         edge_kernel = 1 if self.use_1x1_conv else self.kernel_size
-        # The PyTorch original built this first conv with torch's padding='same' (odd pixel last).
-        h = conv2d(mid, edge_kernel, dtype=self.dtype, name="convs_1", odd_pixel_first=False)(nn.silu(x))
+        fan_in = self.in_filters * as_pair(edge_kernel)[0] * as_pair(edge_kernel)[1]
+        # The PyTorch original built this first conv with torch's own init and padding='same'.
+        h = conv2d(mid, edge_kernel, dtype=self.dtype, name="convs_1", odd_pixel_first=False,
+                   torch_default_init_fan_in=fan_in if self.initializer == "torch" else None)(nn.silu(x))
         for i in range(self.n_layers):
             h = conv2d(mid, self.kernel_size, dtype=self.dtype, name=f"convs_{2 * i + 3}")(nn.silu(h))
         h = conv2d(out, edge_kernel, init_scale=self.init_scale, dtype=self.dtype,

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from efficient_vdvae_common.initialization import initializer_scheme
 from efficient_vdvae_torch.model.conv2d import Conv2d
 from efficient_vdvae_torch.model.latent_layers import LatentStats
 from efficient_vdvae_torch.model.layers import LevelBlockDown, LevelBlockUp, num_latent_groups
@@ -59,8 +60,9 @@ class TopDown(nn.Module):
         m = hp.model
         resolutions = latent_resolutions(hp)
         start = hp.data.target_res // math.prod(m.down_strides)
-        self.trainable_h = nn.Parameter(torch.empty(1, m.down_filters[0], start, start))
-        nn.init.kaiming_uniform_(self.trainable_h, nonlinearity="linear")
+        self.trainable_h = nn.Parameter(torch.zeros(1, m.down_filters[0], start, start))
+        if initializer_scheme(hp, "torch") == "torch":  # the JAX original starts from zeros
+            nn.init.kaiming_uniform_(self.trainable_h, nonlinearity="linear")
 
         in_filters = [m.down_filters[0]] + list(m.down_filters[:-1])
         self.levels_down_upsample = nn.ModuleList([

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from efficient_vdvae_common.initialization import initializer_scheme
 from efficient_vdvae_torch.model.conv2d import Conv2d, IntPair
 from efficient_vdvae_torch.model.latent_layers import GaussianLatentLayer, LatentStats
 
@@ -20,12 +21,14 @@ class ResidualConvCell(nn.Module):
 
     The convs sit at the odd indices of `convs` (SiLUs at the even ones), as in
     the original's state_dict. The last conv's weights are scaled by
-    `init_scale` once at construction.
+    `init_scale` once at construction. `initializer` 'torch' gives the first
+    conv torch's default init (the PyTorch original), 'flax' Glorot and zero
+    bias like the other convs (the JAX original).
     """
 
     def __init__(self, n_layers: int, in_filters: int, bottleneck_ratio: float, kernel_size: IntPair,
                  init_scale: float, residual: bool = True, use_1x1: bool = True, output_ratio: float = 1.0,
-                 checkpointed: bool = False):
+                 checkpointed: bool = False, initializer: str = "torch"):
         super().__init__()
         if residual and output_ratio != 1.0:
             raise ValueError(f"a residual cell must keep its width (output_ratio={output_ratio})")
@@ -35,9 +38,9 @@ class ResidualConvCell(nn.Module):
         out_filters = int(in_filters * output_ratio)
         outer_kernel = 1 if use_1x1 else kernel_size
 
-        # The original built this first conv with torch's own init and padding='same'.
-        layers: list[nn.Module] = [nn.SiLU(), Conv2d(in_filters, mid_filters, outer_kernel, default_init=True,
-                                                     odd_pixel_first=False)]
+        # The PyTorch original built this first conv with torch's own init and padding='same'.
+        layers: list[nn.Module] = [nn.SiLU(), Conv2d(in_filters, mid_filters, outer_kernel,
+                                                     default_init=initializer == "torch", odd_pixel_first=False)]
         for _ in range(n_layers):
             layers += [nn.SiLU(), Conv2d(mid_filters, mid_filters, kernel_size)]
         layers += [nn.SiLU(), Conv2d(mid_filters, out_filters, outer_kernel)]
@@ -53,12 +56,28 @@ class ResidualConvCell(nn.Module):
         return x + h if self.residual else h
 
 
+class LeakyReLU(nn.Module):
+    """x if x >= 0 else slope * x, with gradient 1 at exactly 0 (as flax's leaky_relu).
+
+    torch's nn.LeakyReLU has gradient `slope` at 0. Exact zeros reach the unpool
+    layers when trainable_h starts at zero (the 'flax' initializer), so the
+    two frameworks would otherwise train differently from the same weights.
+    """
+
+    def __init__(self, negative_slope: float):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, x * self.negative_slope)
+
+
 class PoolLayer(nn.Module):
     """Strided conv (kernel = stride, no padding) then leaky ReLU (slope 0.1)."""
 
     def __init__(self, in_filters: int, filters: int, stride: int):
         super().__init__()
-        self.ops = nn.Sequential(Conv2d(in_filters, filters, stride, stride), nn.LeakyReLU(0.1))
+        self.ops = nn.Sequential(Conv2d(in_filters, filters, stride, stride), LeakyReLU(0.1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops(x)
@@ -75,7 +94,7 @@ class UnpoolLayer(nn.Module):
         super().__init__()
         self.ops = nn.Sequential(
             Conv2d(in_filters, filters, 1),
-            nn.LeakyReLU(0.1),
+            LeakyReLU(0.1),
             nn.Upsample(scale_factor=stride, mode="nearest"),
         )
         self.scale_bias = nn.Parameter(torch.zeros(1, filters, out_resolution, out_resolution))
@@ -98,7 +117,8 @@ def _residual_stack(hp, n_blocks: int, n_layers: int, filters: int, ratio: float
                     kernel_size: IntPair) -> nn.Sequential:
     return nn.Sequential(*[
         ResidualConvCell(n_layers, filters, ratio, kernel_size, init_scale=stable_init_scale(hp),
-                         use_1x1=hp.model.use_1x1_conv, checkpointed=hp.run.gradient_checkpointing)
+                         use_1x1=hp.model.use_1x1_conv, checkpointed=hp.run.gradient_checkpointing,
+                         initializer=initializer_scheme(hp, "torch"))
         for _ in range(n_blocks)
     ])
 
@@ -143,11 +163,12 @@ class LevelBlockDown(nn.Module):
         self.residual_block = _residual_stack(hp, m.down_n_blocks[level], n_layers, filters, ratio, kernel)
         self.posterior_net = nn.Sequential(ResidualConvCell(
             n_layers, filters + skip_filters, ratio * 0.5, kernel, init_scale=1.0, residual=False,
-            use_1x1=m.use_1x1_conv, output_ratio=0.5, checkpointed=hp.run.gradient_checkpointing))
+            use_1x1=m.use_1x1_conv, output_ratio=0.5, checkpointed=hp.run.gradient_checkpointing,
+            initializer=initializer_scheme(hp, "torch")))
         self.prior_net = nn.Sequential(ResidualConvCell(
             n_layers, filters, ratio, kernel, init_scale=0.0 if m.initialize_prior_weights_as_zero else 1.0,
             residual=False, use_1x1=m.use_1x1_conv, output_ratio=2.0,
-            checkpointed=hp.run.gradient_checkpointing))
+            checkpointed=hp.run.gradient_checkpointing, initializer=initializer_scheme(hp, "torch")))
         self.prior_layer = GaussianLatentLayer(filters, variates, m.distribution_base, m.gradient_smoothing_beta)
         self.posterior_layer = GaussianLatentLayer(filters, variates, m.distribution_base, m.gradient_smoothing_beta)
         self.z_projection = Conv2d(variates, filters, 1)
