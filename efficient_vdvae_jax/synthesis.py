@@ -47,7 +47,7 @@ from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.autoencoder import num_latent_groups
 from efficient_vdvae_jax.model.latent_layers import stats_to_std
-from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, render_output, sample_output
+from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, render_output
 from efficient_vdvae_jax.model.losses import bernoulli_nll, mol_nll
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.trainer import abstract_train_state, local_mesh
@@ -122,7 +122,7 @@ def make_reconstruction_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
 
     values: (B, 4) per image NELBO, reconstruction, KL (report units) and SSIM
     (NaN for binarized MNIST and images smaller than the SSIM window); outputs:
-    images sampled from the output distribution. Every term of the evaluation
+    images from the output distribution (synthesis.output_sampling). Every term of the evaluation
     objective is a mean over images, so each image's values come from its own loss.
     """
     no_ssim = is_binarized_mnist(hp) or hp.data.target_res < SSIM_WINDOW
@@ -137,7 +137,7 @@ def make_reconstruction_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
         logits, posterior, prior = model.apply({"params": params}, model_rng, x, variate_masks=masks,
                                                posterior_temperature=posterior_temperature)
         loss = jax.vmap(loss_of_one_image, in_axes=(0, 0, 0, 0, None))(x, logits, posterior, prior, masks)
-        outputs = sample_output(hp, output_rng, logits)
+        outputs = render_output(hp, output_rng, logits)
         if no_ssim:
             ssim = jnp.full(x.shape[:1], jnp.nan)
         else:
@@ -164,6 +164,7 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
     totals, count = np.zeros(4), 0
     num_samples, iw_total = hp.synthesis.num_importance_samples, 0.0
     iw_step = make_importance_step(hp, model, hp.synthesis.batch_size) if num_samples > 1 else None
+    grid = ReconstructionGrid(reconstruction_grid_path(output_dir))
     for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "synthesis", with_names=True),
                                                     "reconstruction")):
         values, outputs = step(params, batch_key(hp.run.seed, index), x, mask_arrays,
@@ -184,6 +185,7 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
         targets = x[:real, MNIST_CROP, MNIST_CROP] if binarized else x[:real]
         output_images = model_space_to_uint8(np.asarray(outputs)[:real], binarized)
         target_images = model_space_to_uint8(targets, binarized)
+        grid.add(target_images, output_images)
         for name, output, target in zip(names, output_images, target_images):
             stem = image_stem(name)
             write_png(output_dir / f"{stem}.png", output)
@@ -191,6 +193,7 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
                 write_png(output_dir / f"{stem}-target.png", target)
     if count == 0:
         raise DataError(f"the synthesis set ({hp.data.synthesis_data_path}) has no images")
+    grid.write()
     nelbo, recon, kl_div, ssim = (totals / count).tolist()
     return ReconstructionMetrics(nelbo=nelbo, recon=recon, kl_div=kl_div, ssim=None if binarized else ssim,
                                  num_images=count, iw_nll=iw_total / count if iw_step is not None else None,
@@ -248,7 +251,7 @@ def make_generation_step(hp: Any, model: UniversalAutoEncoder, batch_size: int) 
         latent_rng, output_rng = jax.random.split(rng)
         logits, _ = model.apply({"params": params}, latent_rng, batch_size, level_temperatures,
                                 method=model.sample_from_prior)
-        return sample_output(hp, output_rng, logits), jnp.all(jnp.isfinite(logits))
+        return render_output(hp, output_rng, logits), jnp.all(jnp.isfinite(logits))
 
     return jax.jit(step)
 
@@ -265,15 +268,19 @@ def generate(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str 
     folders = []
     for setting_index, (setting, temperatures) in enumerate(zip(settings, expanded)):
         folder = Path(output_dir) / temperature_folder_name(setting_index, setting)
+        grid = SampleGrid(generation_grid_path(output_dir, folder.name))
         image_index = 0
         batches = range(hp.synthesis.n_generation_batches)
         for batch_index in _progress(batches, f"generation {folder.name}"):
             images, finite = step(params, batch_key(hp.run.seed, batch_index),
                                   jnp.asarray(temperatures, jnp.float32))
             check_finite_outputs(bool(finite), f"generation {folder.name}", _checkpoint_name(hp))
-            for image in model_space_to_uint8(np.asarray(images), binarized):
+            uint8_images = model_space_to_uint8(np.asarray(images), binarized)
+            grid.add(uint8_images)
+            for image in uint8_images:
                 write_png(folder / generated_image_name(image_index), image)
                 image_index += 1
+        grid.write()
         folders.append(folder)
     return folders
 

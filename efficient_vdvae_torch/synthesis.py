@@ -130,6 +130,7 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
     num_samples = hp.synthesis.num_importance_samples
     # Its own stream: the ELBO pass draws the same noise whatever K is.
     iw_generator = torch.Generator().manual_seed(hp.run.seed)
+    grid = ReconstructionGrid(reconstruction_grid_path(output_dir))
     for x, names in _progress(create_dataloader(hp, "synthesis", with_names=True), "reconstruction"):
         x = x.to(device)
         logits, posterior_stats, prior_stats = model(x, variate_masks=mask_list,
@@ -137,7 +138,7 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
         loss = compute_loss(hp, x, logits, posterior_stats, prior_stats, step=None, variate_masks=mask_list)
         check_finite_outputs(_all_finite(logits, loss.nelbo),
                              f"the reconstruction of {describe_images(list(names))}", _checkpoint_name(hp))
-        outputs = model.sample_output(logits, hp.synthesis.output_temperature)
+        outputs = render_output(logits, dist, hp.synthesis.output_sampling, hp.synthesis.output_temperature)
         batch = x.shape[0]
         # Batch means times batch size: an uneven last batch weighs what its images weigh.
         totals["nelbo"] += loss.nelbo.item() * batch
@@ -154,11 +155,13 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
 
         output_images = _to_uint8_images(outputs, binarized)
         target_images = _to_uint8_images(targets, binarized)
+        grid.add(target_images, output_images)
         for name, output, target in zip(names, output_images, target_images):
             stem = image_stem(name)
             write_png(output_dir / f"{stem}.png", output)
             if hp.synthesis.save_target_in_reconstruction:
                 write_png(output_dir / f"{stem}-target.png", target)
+    grid.write()
     return ReconstructionMetrics(
         nelbo=totals["nelbo"] / count, recon=totals["recon"] / count, kl_div=totals["kl_div"] / count,
         ssim=None if binarized else totals["ssim"] / count, num_images=count,
@@ -210,15 +213,20 @@ def generate(hp: Any, model: UniversalAutoEncoder, device: torch.device, output_
     folders = []
     for index, (setting, temperatures) in enumerate(zip(settings, expanded)):
         folder = Path(output_dir) / temperature_folder_name(index, setting)
+        grid = SampleGrid(generation_grid_path(output_dir, folder.name))
         image_index = 0
         batches = range(hp.synthesis.n_generation_batches)
         for _ in _progress(batches, f"generation {folder.name}"):
             logits, _ = model.sample_from_prior(hp.synthesis.batch_size, temperatures)
             check_finite_outputs(_all_finite(logits), f"generation {folder.name}", _checkpoint_name(hp))
-            images = model.sample_output(logits, hp.synthesis.output_temperature)
-            for image in _to_uint8_images(images, model.output_distribution.bernoulli):
+            images = render_output(logits, model.output_distribution, hp.synthesis.output_sampling,
+                                   hp.synthesis.output_temperature)
+            uint8_images = _to_uint8_images(images, model.output_distribution.bernoulli)
+            grid.add(uint8_images)
+            for image in uint8_images:
                 write_png(folder / generated_image_name(image_index), image)
                 image_index += 1
+        grid.write()
         folders.append(folder)
     return folders
 
