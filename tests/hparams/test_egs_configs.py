@@ -33,6 +33,7 @@ PROJECT_KEYS = {
     ("data", "skip_corrupt_images"): False,
     ("data", "download_dir"): "../datasets",
     ("data", "full_test_set"): False,
+    ("synthesis", "output_sampling"): "sample",
 }
 
 
