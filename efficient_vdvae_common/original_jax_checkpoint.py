@@ -29,8 +29,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from efficient_vdvae_common.parameter_layouts import (OUTPUT_CONV_KEY, flax_array_to_torch, flatten,
-                                                       output_channel_permutation, set_nested, torch_key_to_flax_path)
+from efficient_vdvae_common.parameter_layouts import (MISSING, OUTPUT_CONV_KEY, first_shape_mismatch,
+                                                       flax_array_to_torch, flatten, output_channel_permutation,
+                                                       set_nested, torch_key_to_flax_path)
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
 TRAIN_STATE_KEYS = ("step", "params", "opt_state", "ema_decay", "ema_params")
@@ -116,25 +117,24 @@ class OriginalJaxState:
         return {key: flax_array_to_torch(key, value, perm) for key, value in getattr(self, which).items()}
 
     def check_fits(self, wanted: Mapping[str, tuple[int, ...]]) -> None:
-        """Raise naming the first parameter whose flax-layout shape differs from `wanted` (PyTorch key -> shape)."""
+        """Raise naming the first parameter whose flax-layout shape differs from `wanted` (PyTorch key -> shape).
+
+        The saved parameters are checked in the order of their original names, then the config's others."""
         def name(key: str) -> str:
             return self.original_names.get(key, key)
 
-        for key in sorted(self.params, key=name):
-            saved = tuple(self.params[key].shape)
-            if key not in wanted:
-                raise OriginalCheckpointError(
-                    f"checkpoint {self.source} does not fit the model config: parameter {name(key)} is {saved} "
-                    "there and missing in the config (a checkpoint of another architecture?)")
-            if saved != tuple(wanted[key]):
-                raise OriginalCheckpointError(
-                    f"checkpoint {self.source} does not fit the model config: parameter {name(key)} is {saved} "
-                    f"there and {tuple(wanted[key])} in the config")
-        missing = [key for key in wanted if key not in self.params]
-        if missing:
-            raise OriginalCheckpointError(
-                f"checkpoint {self.source} does not fit the model config: it lacks the config's parameter "
-                f"{missing[0]} {tuple(wanted[missing[0]])} (a checkpoint of another architecture?)")
+        mismatch = first_shape_mismatch({key: self.params[key] for key in sorted(self.params, key=name)}, wanted)
+        if mismatch is None:
+            return
+        key, saved, config = mismatch
+        where = f"checkpoint {self.source} does not fit the model config"
+        if saved == MISSING:
+            raise OriginalCheckpointError(f"{where}: it lacks the config's parameter {key} {config} (a checkpoint "
+                                          "of another architecture?)")
+        if config == MISSING:
+            raise OriginalCheckpointError(f"{where}: parameter {name(key)} is {saved} there and missing in the "
+                                          "config (a checkpoint of another architecture?)")
+        raise OriginalCheckpointError(f"{where}: parameter {name(key)} is {saved} there and {config} in the config")
 
     def defaults_note(self) -> str:
         """What the original did not save, hence starts at its default."""
@@ -191,11 +191,30 @@ def parse_train_state(tree: Any, source: str | Path) -> OriginalJaxState:
     for moment, tree_ in (("mu", mu), ("nu", nu)):
         if tree_.keys() != params.keys() or any(tree_[k].shape != params[k].shape for k in params):
             raise OriginalCheckpointError(f"{source}: the optimizer's {moment} does not have the tree of params")
+    _refuse_even_kernels(params, names, source)
     step = int(np.asarray(tree["step"]))
     return OriginalJaxState(source=source, step=step, params=params, ema_params=ema_params, mu=mu, nu=nu,
                             optimizer_count=int(np.asarray(adam["count"])),
                             schedule_count=schedule_counts[-1] if schedule_counts else step,
                             ema_decay=float(np.asarray(tree["ema_decay"])), original_names=names)
+
+
+# The pool convs (kernel = stride, no padding) are the only ones with stride > 1.
+_UNPADDED_CONV = re.compile(r"(^|\.)pool\.ops\.0\.weight$")
+
+
+def _refuse_even_kernels(params: Mapping[str, np.ndarray], names: Mapping[str, str], source: Path) -> None:
+    """Refuse a stride-1 conv with an even kernel (k - s odd): the JAX original padded it with flax's 'SAME'
+    (the odd pixel right/bottom) where this project follows the PyTorch original (left/top, SPEC.md section 2),
+    so its weights would compute another function here. No published checkpoint has one."""
+    for key, value in params.items():
+        if key.endswith(".weight") and not _UNPADDED_CONV.search(key) and value.ndim == 4:
+            height, width = value.shape[:2]
+            if height % 2 == 0 or width % 2 == 0:
+                raise OriginalCheckpointError(
+                    f"checkpoint {source} has an even {height}x{width} kernel at {names.get(key, key)}: the original "
+                    "JAX code padded even kernels with flax 'SAME' (extra pixel right/bottom), this project pads "
+                    "as the PyTorch original (left/top, SPEC.md section 2), so these weights cannot be loaded")
 
 
 def newest_checkpoint_in(folder: str | Path) -> Path | None:

@@ -151,3 +151,22 @@ def flax_params_to_torch_state_dict(hp: Any, params: Mapping, perm: np.ndarray |
         key = flax_path_to_torch_key(path)
         state_dict[key] = flax_array_to_torch(key, value, perm)
     return state_dict
+
+
+MISSING = "missing"
+
+
+def _shape_of(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def first_shape_mismatch(saved: Mapping[Any, Any], wanted: Mapping[Any, Any]
+                         ) -> tuple[Any, tuple[int, ...] | str, tuple[int, ...] | str] | None:
+    """(key, saved shape, wanted shape) of the first entry that differs, `MISSING` for an absent side; None when
+    all fit. Values are arrays or shapes; `saved`'s keys are checked in its order, then `wanted`'s others."""
+    for key in list(saved) + [k for k in wanted if k not in saved]:
+        saved_shape = _shape_of(saved[key]) if key in saved else MISSING
+        wanted_shape = _shape_of(wanted[key]) if key in wanted else MISSING
+        if saved_shape != wanted_shape:
+            return key, saved_shape, wanted_shape
+    return None

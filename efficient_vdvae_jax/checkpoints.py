@@ -8,8 +8,10 @@ checkpoint after a skipped update never collides with an earlier one; without
 skips it equals the global step. Orbax writes into a temporary folder and
 renames it when complete, so a process killed mid-write leaves the previous
 checkpoint intact. Only the newest `run.max_allowed_checkpoints` are kept. A
-step folder that cannot be read (copied in part, damaged) is renamed
-`<n>.unreadable` and the newest readable one restored, saying so.
+step folder whose files cannot be read (copied in part, damaged) is skipped
+and the newest readable one restored, saying so; the trainer also renames it
+`<n>.unreadable` (read-only tools leave the user's folder as it is). Any other
+failure (devices, memory, a missing dependency) is raised as it is.
 
 A checkpoint of the original JAX code in the same folder
 (`checkpoints-<name>/checkpoint_<step>`, msgpack file or orbax folder, where the
@@ -30,11 +32,13 @@ import orbax.checkpoint as ocp
 
 from efficient_vdvae_common.original_jax_checkpoint import (CHECKPOINT_NAME, OriginalCheckpointError,
                                                             OriginalJaxState, newest_checkpoint_in)
+from efficient_vdvae_common.parameter_layouts import first_shape_mismatch
 from efficient_vdvae_jax.train_step import TrainState
 from hparams import checkpoints_path
 
 STATE_ITEM = "state"
 PROGRESS_ITEM = "progress"
+PROGRESS_FILE = "metadata"  # what orbax's JsonCheckpointHandler writes in the item folder
 
 
 class CheckpointError(RuntimeError):
@@ -43,6 +47,10 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatch(CheckpointError):
     """A readable checkpoint of another model (an older checkpoint would not fit either)."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A step folder whose metadata or array files are missing or cannot be parsed."""
 
 
 UNREADABLE_SUFFIX = ".unreadable"
@@ -117,51 +125,63 @@ class TrainingCheckpoints:
         }))
         self.manager.wait_until_finished()
 
-    def restore(self, abstract_state: TrainState, checkpoint: int | None = None
-                ) -> tuple[TrainState, TrainingProgress]:
+    def restore(self, abstract_state: TrainState, checkpoint: int | None = None,
+                move_unreadable_aside: bool = False) -> tuple[TrainState, TrainingProgress]:
         """The state, laid out as `abstract_state` (jax.ShapeDtypeStruct leaves with shardings), and progress.
 
-        Without `checkpoint`: the newest readable one; unreadable newer step folders are moved aside.
+        Without `checkpoint`: the newest readable one; newer steps whose files are unreadable are skipped,
+        saying so, and renamed `<n>.unreadable` only with `move_unreadable_aside` (the trainer, which will
+        write new steps there; read-only tools never rename the user's folders).
         """
         if checkpoint is not None:
             return self._restore(abstract_state, checkpoint)
         if self.latest() is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        if not self.manager.all_steps():
-            return restore_original(self._original_entry(), abstract_state)
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for index, step in enumerate(steps):
             try:
                 return self._restore(abstract_state, step)
-            except CheckpointMismatch:
-                raise
-            except CheckpointError as error:
-                older = [s for s in self.manager.all_steps() if s < step]
+            except UnreadableCheckpoint as error:
+                older = steps[index + 1:]
                 if not older and self._original_entry() is None:
                     raise
-                aside = self.directory / f"{step}{UNREADABLE_SUFFIX}"
-                os.rename(self.directory / str(step), aside)
-                self.manager.reload()
-                print(f"{error}; moved it to {aside} and fell back to the newest complete checkpoint "
-                      f"({max(older) if older else self._original_entry()})", flush=True)
+                fallback = older[0] if older else self._original_entry()
+                if move_unreadable_aside:
+                    aside = self.directory / f"{step}{UNREADABLE_SUFFIX}"
+                    os.rename(self.directory / str(step), aside)
+                    self.manager.reload()
+                    print(f"{error}; moved it to {aside} and fell back to the newest complete checkpoint "
+                          f"({fallback})", flush=True)
+                else:
+                    print(f"{error}; fell back to the newest complete checkpoint ({fallback}), leaving the "
+                          "damaged one in place", flush=True)
         return restore_original(self._original_entry(), abstract_state)
 
     def _restore(self, abstract_state: TrainState, checkpoint: int) -> tuple[TrainState, TrainingProgress]:
         self._check_param_shapes(checkpoint, abstract_state)
+        where = self.directory / str(checkpoint)
         try:
             restored = self.manager.restore(checkpoint, args=ocp.args.Composite(**{
                 STATE_ITEM: ocp.args.StandardRestore(abstract_state),
                 PROGRESS_ITEM: ocp.args.JsonRestore(),
             }))
+        except Exception as error:
+            # Orbax raises many types for missing, partial or damaged files, and the same types for
+            # device, sharding or memory failures: decide from the files themselves.
+            damage = _file_damage(where)
+            if damage is None:
+                raise
+            raise UnreadableCheckpoint(f"checkpoint {where} is incomplete or corrupt ({damage})") from None
+        try:
             progress = TrainingProgress(**{field.name: int(restored[PROGRESS_ITEM][field.name])
                                            for field in dataclasses.fields(TrainingProgress)})
-        except Exception as error:  # orbax raises many types for missing, partial or damaged files
-            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise CheckpointError(f"checkpoint {self.directory / str(checkpoint)} is incomplete or corrupt "
-                                  f"({detail[:300]})") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise UnreadableCheckpoint(f"checkpoint {where} is incomplete or corrupt (its progress file lacks "
+                                       f"{error})") from None
         saved_optimizer = restored[PROGRESS_ITEM].get(OPTIMIZER_KEY)
         if None not in (saved_optimizer, self.optimizer_type) and saved_optimizer != self.optimizer_type:
             raise CheckpointMismatch(
-                f"checkpoint {self.directory / str(checkpoint)} was trained with optimizer {saved_optimizer}, the "
+                f"checkpoint {where} was trained with optimizer {saved_optimizer}, the "
                 f"config says optimizer.type = {self.optimizer_type!r}: an optimizer cannot change on resume (set "
                 "it back, or start a new run.name)")
         return restored[STATE_ITEM], progress
@@ -171,21 +191,47 @@ class TrainingCheckpoints:
         where = self.directory / str(checkpoint)
         try:
             saved = _shapes_by_name(self.manager.item_metadata(checkpoint)[STATE_ITEM])
-        except Exception as error:  # missing or foreign metadata
-            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise CheckpointError(f"checkpoint {where} is incomplete or corrupt (metadata: {detail[:300]})"
-                                  ) from None
-        saved = {name[1:]: shape for name, shape in saved.items() if name[:1] == ("params",)}
-        wanted = _shapes_by_name(abstract_state.params)
-        for name in sorted(saved.keys() | wanted.keys()):
-            if saved.get(name) != wanted.get(name):
-                raise CheckpointMismatch(
-                    f"checkpoint {where} does not fit the model config: parameter {'/'.join(name)} is "
-                    f"{saved.get(name, 'missing')} there and {wanted.get(name, 'missing')} in the config "
-                    "(a run's model settings cannot change; use another run.name)")
+        except (ImportError, MemoryError):
+            raise
+        except Exception as error:  # missing or foreign metadata (reading it touches no device)
+            raise UnreadableCheckpoint(f"checkpoint {where} is incomplete or corrupt (metadata: "
+                                       f"{_first_line(error)})") from None
+        saved = {name[1:]: shape for name, shape in sorted(saved.items()) if name[:1] == ("params",)}
+        mismatch = first_shape_mismatch(saved, dict(sorted(_shapes_by_name(abstract_state.params).items())))
+        if mismatch:
+            name, saved_shape, wanted_shape = mismatch
+            raise CheckpointMismatch(
+                f"checkpoint {where} does not fit the model config: parameter {'/'.join(name)} is "
+                f"{saved_shape} there and {wanted_shape} in the config "
+                "(a run's model settings cannot change; use another run.name)")
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines()[0] if str(error) else type(error).__name__)[:300]
+
+
+def _file_damage(step: Path) -> str | None:
+    """Why the files of step folder `step` cannot be read, None when they can: every array read on the host
+    (no device, no sharding) and the progress JSON parsed."""
+    import json
+
+    from efficient_vdvae_jax.original_checkpoint import restore_orbax_as_numpy
+
+    if not (step / STATE_ITEM).is_dir():
+        return f"no {STATE_ITEM}/ folder"
+    progress = step / PROGRESS_ITEM / PROGRESS_FILE
+    try:
+        json.loads(progress.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return f"{PROGRESS_ITEM}/{PROGRESS_FILE}: {_first_line(error)}"
+    try:
+        restore_orbax_as_numpy(step / STATE_ITEM)
+    except OriginalCheckpointError as error:
+        return _first_line(error)
+    return None
 
 
 def _shapes_by_name(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -211,26 +257,31 @@ def train_state_from_original(original: OriginalJaxState, abstract_state: TrainS
     except OriginalCheckpointError as error:
         raise CheckpointMismatch(str(error)) from None
 
-    def fresh(tree):
-        return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), tree)
-
-    def moments(state):
-        if isinstance(state, optax.ScaleByAdamState):
-            return state._replace(count=jnp.asarray(original.optimizer_count, state.count.dtype),
-                                  mu=_as_jax(original.flax_tree("mu")), nu=_as_jax(original.flax_tree("nu")))
-        if isinstance(state, optax.ScaleByScheduleState):
-            return state._replace(count=jnp.asarray(original.schedule_count, state.count.dtype))
-        return state
-
-    opt_state = tuple(moments(state) for state in fresh(abstract_state.opt_state))
-    if not any(isinstance(state, optax.ScaleByAdamState) for state in opt_state):
-        raise CheckpointError(f"cannot restore {original.source}: the configured optimizer keeps no "
-                              "Adam-family moments")
+    fresh = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), abstract_state.opt_state)
+    opt_state = with_moments(fresh, original.optimizer_count, original.flax_tree("mu"), original.flax_tree("nu"),
+                             original.schedule_count, f"cannot restore {original.source}: ")
     state = TrainState(step=jnp.asarray(original.step, jnp.int32), params=_as_jax(original.flax_tree("params")),
                        ema_params=_as_jax(original.flax_tree("ema_params")), opt_state=opt_state,
                        skipped_updates=jnp.zeros((), jnp.int32))
     return jax.tree.map(lambda leaf, like: jax.device_put(leaf.astype(like.dtype), like.sharding),
                         state, abstract_state)
+
+
+def with_moments(opt_state: tuple, count: int, mu, nu, schedule_count: int, culprit: str = "") -> tuple:
+    """`opt_state` (an optax chain's state) with the Adam-family moments and count and the learning-rate
+    schedule's count replaced; CheckpointError (`culprit` + why) when the chain keeps no Adam-family moments."""
+    if not any(isinstance(state, optax.ScaleByAdamState) for state in opt_state):
+        raise CheckpointError(f"{culprit}the configured optimizer keeps no Adam-family moments "
+                              f"({[type(state).__name__ for state in opt_state]})")
+
+    def replace(state):
+        if isinstance(state, optax.ScaleByAdamState):
+            return state._replace(count=jnp.asarray(count, state.count.dtype), mu=_as_jax(mu), nu=_as_jax(nu))
+        if isinstance(state, optax.ScaleByScheduleState):
+            return state._replace(count=jnp.asarray(schedule_count, state.count.dtype))
+        return state
+
+    return tuple(replace(state) for state in opt_state)
 
 
 def flax_key(path: tuple[str, ...]) -> tuple[str, ...]:

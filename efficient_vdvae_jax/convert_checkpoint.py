@@ -47,8 +47,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from efficient_vdvae_common.parameter_layouts import (  # noqa: E402,F401  (re-exported)
-    flax_params_to_torch_state_dict, flax_path_to_torch_key, mol_channel_permutation, torch_key_to_flax_path,
-    torch_state_dict_to_flax_params)
+    first_shape_mismatch, flax_params_to_torch_state_dict, flax_path_to_torch_key, mol_channel_permutation,
+    torch_key_to_flax_path, torch_state_dict_to_flax_params)
 
 EXIT_CONVERSION_ERROR = 2
 
@@ -77,12 +77,8 @@ class Converted:
 
 def _shape_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str | None:
     """'parameter K is S there and W in the model config' for the first differing entry, else None."""
-    for key in list(wanted) + [k for k in saved if k not in wanted]:
-        saved_shape = tuple(saved[key].shape) if key in saved else "missing"
-        wanted_shape = tuple(wanted[key].shape) if key in wanted else "missing"
-        if saved_shape != wanted_shape:
-            return f"parameter {key} is {saved_shape} there and {wanted_shape} in the model config"
-    return None
+    mismatch = first_shape_mismatch(saved, wanted)
+    return None if mismatch is None else "parameter {} is {} there and {} in the model config".format(*mismatch)
 
 
 # ---- Optimiser moments: one torch state per parameter <-> one optax ScaleByAdamState for the tree.
@@ -127,23 +123,6 @@ def _adam_state(opt_state: tuple) -> Any:
     raise ConversionError(f"no Adam-family state in the optax state {[type(s).__name__ for s in opt_state]}")
 
 
-def with_moments(opt_state: tuple, count: int, mu: Any, nu: Any, schedule_count: int) -> tuple:
-    """`opt_state` (an optax chain's state) with the Adam-family moments and the LR schedule's count replaced."""
-    import jax.numpy as jnp
-    import optax
-
-    def replace(state: Any) -> Any:
-        if isinstance(state, optax.ScaleByAdamState):
-            return state._replace(count=jnp.asarray(count, state.count.dtype),
-                                  mu=_as_jax_tree(mu), nu=_as_jax_tree(nu))
-        if isinstance(state, optax.ScaleByScheduleState):
-            return state._replace(count=jnp.asarray(schedule_count, state.count.dtype))
-        return state
-
-    _adam_state(opt_state)  # fails clearly when the chain has none
-    return tuple(replace(state) for state in opt_state)
-
-
 def _as_jax_tree(tree: Any) -> Any:
     import jax
     import jax.numpy as jnp
@@ -154,6 +133,8 @@ def _as_jax_tree(tree: Any) -> Any:
 # ---- Files.
 
 _CONVERTING_MARKER = ".converting-"
+# What a JAX checkpoint folder holds: steps, orbax's temporary steps, steps the trainer moved aside.
+_JAX_CHECKPOINT_ENTRY = re.compile(r"^\d+(\.orbax-checkpoint-tmp.*|\.unreadable)?$")
 
 
 def _check_destination(source: Path, destination: Path, force: bool, is_folder: bool) -> None:
@@ -169,7 +150,7 @@ def _check_destination(source: Path, destination: Path, force: bool, is_folder: 
         raise ConversionError(f"destination {destination} is a {'folder' if destination.is_dir() else 'file'}; "
                               f"this direction writes {wanted}: not replacing it even with --force")
     if destination.is_dir():
-        foreign = [p.name for p in destination.iterdir() if not re.match(r"^\d+(\.orbax-checkpoint-tmp.*)?$", p.name)]
+        foreign = [p.name for p in destination.iterdir() if not _JAX_CHECKPOINT_ENTRY.match(p.name)]
         if foreign:
             raise ConversionError(f"destination {destination} holds {foreign[0]!r}, which is not a JAX checkpoint: "
                                   "not replacing it even with --force")
@@ -263,6 +244,7 @@ def torch_checkpoint_to_jax(hp: Any, source: str | Path, destination: str | Path
     import jax.numpy as jnp
 
     from efficient_vdvae_jax.checkpoints import TrainingProgress as JaxProgress
+    from efficient_vdvae_jax.checkpoints import with_moments
     from efficient_vdvae_jax.model.optimizers import build_optimizer as build_jax_optimizer
     from efficient_vdvae_jax.train_step import TrainState
     from efficient_vdvae_torch.checkpoints import load_checkpoint, restore_training_state
@@ -302,7 +284,7 @@ def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path
     from efficient_vdvae_jax.model import UniversalAutoEncoder
     from efficient_vdvae_jax.trainer import abstract_train_state
     from efficient_vdvae_torch.checkpoints import TrainingProgress as TorchProgress
-    from efficient_vdvae_torch.checkpoints import save_checkpoint, training_state
+    from efficient_vdvae_torch.checkpoints import save_checkpoint, set_adam_moments, training_state
 
     source, destination = Path(source), Path(destination)
     if _is_original_jax(source):
@@ -329,15 +311,8 @@ def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path
     for target, params in ((model, train_state.params), (ema_model, train_state.ema_params)):
         target.load_state_dict({k: torch.tensor(v) for k, v in flax_params_to_torch_state_dict(hp, params).items()})
     adam = _adam_state(train_state.opt_state)
-    first = flax_params_to_torch_state_dict(hp, adam.mu)
-    second = flax_params_to_torch_state_dict(hp, adam.nu)
-    second_key = _second_moment_key(optimizer)
-    for name, parameter in model.named_parameters():
-        # Zero moments are torch's "no state yet" (a fresh optimiser, or a parameter torch never gave a grad).
-        if int(adam.count) and (first[name].any() or second[name].any()):
-            optimizer.state[parameter] = {"step": torch.tensor(float(adam.count)),
-                                          "exp_avg": torch.tensor(first[name]),
-                                          second_key: torch.tensor(second[name])}
+    set_adam_moments(optimizer, model, int(adam.count), flax_params_to_torch_state_dict(hp, adam.mu),
+                     flax_params_to_torch_state_dict(hp, adam.nu))
     # The torch schedule steps once per applied update: put it (and the groups' lr) at the restored step.
     lr_schedule.last_epoch = progress.global_step - 1
     with warnings.catch_warnings():
@@ -378,6 +353,9 @@ def original_jax_checkpoint_to(hp: Any, source: str | Path, destination: str | P
         raise ConversionError(f"--framework must be 'torch' or 'jax', got {framework!r}")
     if not source.exists():
         raise ConversionError(f"no checkpoint at {source}")
+    if not _is_original_jax(source) and not (source.is_file() and source.stat().st_size == 0):
+        # (an empty file is left to the reader, which says why it is empty)
+        raise ConversionError(f"{source} is not a checkpoint of the original JAX code (use to-jax / to-torch)")
     _check_destination(source, destination, force, is_folder=framework == "jax")
     if framework == "jax":
         abstract = abstract_train_state(hp, UniversalAutoEncoder(hp),

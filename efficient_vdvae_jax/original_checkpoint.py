@@ -4,7 +4,7 @@
   `flax.serialization.msgpack_restore`, which builds numpy arrays and runs
   nothing from the file.
 - orbax (the same code under current flax): a PyTree folder, restored with
-  orbax's PyTreeCheckpointer as numpy arrays.
+  orbax's PyTreeCheckpointer as numpy arrays on the host (never on a device).
 
 `read_original_checkpoint(path)` takes either, or a `checkpoints-<name>/`
 folder holding `checkpoint_<step>` entries (the newest is read), and returns
@@ -47,19 +47,41 @@ def original_checkpoint_in(folder: Path) -> Path | None:
     return newest_checkpoint_in(folder)
 
 
-def read_original_checkpoint(path: str | Path) -> OriginalJaxState:
-    """The original train state at `path`; OriginalCheckpointError naming the file when it cannot be used."""
+def read_original_checkpoint(path: str | Path, jax_on_cpu_only: bool = False) -> OriginalJaxState:
+    """The original train state at `path`; OriginalCheckpointError naming the file when it cannot be used.
+
+    `jax_on_cpu_only`: for a process that uses JAX only to read this file (the PyTorch side): keeps JAX off
+    the GPU (see `keep_jax_on_the_cpu`).
+    """
     path = Path(path)
     if not path.exists():
         raise OriginalCheckpointError(f"no checkpoint at {path}")
     if path.is_dir():
         if is_orbax_pytree(path):
-            return parse_train_state(_restore_orbax(path), path)
+            if jax_on_cpu_only:
+                keep_jax_on_the_cpu()
+            return parse_train_state(restore_orbax_as_numpy(path), path)
         entry = newest_checkpoint_in(path)
         if entry is None:
             raise OriginalCheckpointError(f"{path} holds no checkpoint_<step> of the original JAX code")
-        return read_original_checkpoint(entry)
+        return read_original_checkpoint(entry, jax_on_cpu_only)
     return parse_train_state(_restore_msgpack(path), path)
+
+
+def keep_jax_on_the_cpu() -> None:
+    """Restrict JAX to the CPU unless this process already started it.
+
+    Orbax asks JAX for the process index, which starts JAX's backends, and with jax[cuda] installed the
+    GPU backend takes most of the GPU's memory when it starts: a PyTorch process must not pay that.
+    """
+    import jax
+
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # another JAX layout: leave the platforms alone
+        return
+    if not backends_are_initialized():
+        jax.config.update("jax_platforms", "cpu")
 
 
 def _restore_msgpack(path: Path) -> dict:
@@ -78,15 +100,21 @@ def _restore_msgpack(path: Path) -> dict:
                                       f"msgpack: {error})") from None
 
 
-def _restore_orbax(path: Path) -> dict:
+def restore_orbax_as_numpy(path: Path) -> dict:
+    """An orbax PyTree folder as nested dicts/lists of numpy arrays (read on the host, never put on a device);
+    OriginalCheckpointError naming the folder when its files are missing or damaged."""
     import jax
     import orbax.checkpoint as ocp
 
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
-            tree = checkpointer.restore(path.resolve())  # orbax needs an absolute path
+            path = path.resolve()  # orbax needs an absolute path
+            metadata = checkpointer.metadata(path).item_metadata
+            on_host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree)
+            return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=on_host))
+    except (ImportError, MemoryError):
+        raise
     except Exception as error:  # orbax/tensorstore raise many types for partial or damaged folders
         raise OriginalCheckpointError(f"checkpoint {path} is incomplete or corrupt (orbax: "
                                       f"{str(error).splitlines()[0] if str(error) else type(error).__name__})"
                                       ) from None
-    return jax.tree.map(np.asarray, tree)

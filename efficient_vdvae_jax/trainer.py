@@ -227,7 +227,9 @@ class Trainer:
         if self.checkpoints.latest() is None:
             params = init_params(hp, self.model, jax.random.PRNGKey(hp.run.seed))
             return replicate(self.mesh, create_train_state(hp, params)), TrainingProgress()
-        state, progress = self.checkpoints.restore(abstract_train_state(hp, self.model, replicated))
+        # Only the trainer (process 0: the folder is shared) moves a damaged step aside: it writes new ones there.
+        state, progress = self.checkpoints.restore(abstract_train_state(hp, self.model, replicated),
+                                                   move_unreadable_aside=jax.process_index() == 0)
         if hp.train.resume_from_ema:
             state = state.replace(params=jax.tree.map(jnp.copy, state.ema_params))
         return state, progress

@@ -211,7 +211,7 @@ def _load_original_jax(path: Path, map_location: str | torch.device) -> dict[str
     try:
         from efficient_vdvae_jax.original_checkpoint import read_original_checkpoint
 
-        original = read_original_checkpoint(path)
+        original = read_original_checkpoint(path, jax_on_cpu_only=True)  # numpy, JAX kept off the GPU
     except OriginalCheckpointError as error:
         raise CheckpointError(str(error)) from None
 
@@ -242,16 +242,16 @@ def check_fits(state: dict[str, Any], model: nn.Module, path: str | Path) -> Non
         except OriginalCheckpointError as error:
             raise CheckpointError(str(error)) from None
         return
+    from efficient_vdvae_common.parameter_layouts import first_shape_mismatch
+
     for name in ("model_state_dict", "ema_model_state_dict"):
-        saved, wanted = state[name], model.state_dict()
-        for key in list(saved) + [k for k in wanted if k not in saved]:
-            saved_shape = tuple(saved[key].shape) if key in saved else "missing"
-            wanted_shape = tuple(wanted[key].shape) if key in wanted else "missing"
-            if saved_shape != wanted_shape:
-                raise CheckpointError(
-                    f"checkpoint {path} does not fit the model config: parameter {key} ({name}) is {saved_shape} "
-                    f"there and {wanted_shape} in the config (a checkpoint of another architecture? a run's model "
-                    "settings cannot change; use another run.name)")
+        mismatch = first_shape_mismatch(state[name], model.state_dict())
+        if mismatch:
+            key, saved_shape, wanted_shape = mismatch
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the model config: parameter {key} ({name}) is {saved_shape} "
+                f"there and {wanted_shape} in the config (a checkpoint of another architecture? a run's model "
+                "settings cannot change; use another run.name)")
 
 
 def training_state(progress: TrainingProgress, model: nn.Module, ema_model: nn.Module,
@@ -286,7 +286,8 @@ def restore_training_state(state: dict[str, Any], model: nn.Module, ema_model: n
     ema_model.load_state_dict(state["ema_model_state_dict"])
     if ORIGINAL_JAX_KEY in state:
         original = state[ORIGINAL_JAX_KEY]
-        _load_original_jax_moments(original, model, optimizer)
+        set_adam_moments(optimizer, model, original.optimizer_count, original.torch_state_dict("mu"),
+                         original.torch_state_dict("nu"))
         progress = TrainingProgress(global_step=original.step)
     elif is_original_checkpoint(state):
         # The original saved the index of its last step: step k means k + 1 updates ran.
@@ -341,16 +342,20 @@ def _check_optimizer_kind(saved: dict[str, Any], optimizer: torch.optim.Optimize
                               "or start a new run.name)")
 
 
-def _load_original_jax_moments(original: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """The original JAX optimizer's moments (one count for all) as torch per-parameter state."""
-    first, second = original.torch_state_dict("mu"), original.torch_state_dict("nu")
+def set_adam_moments(optimizer: torch.optim.Optimizer, model: nn.Module, count: int,
+                     first: dict[str, Any], second: dict[str, Any]) -> None:
+    """Give every parameter of `model` the Adam-family state of a JAX optimizer (one update `count` for all):
+    `first`/`second` moments by PyTorch key, in the PyTorch layout. Count 0 (no update yet) leaves the state
+    empty, as torch's own fresh optimizer; a zero moment is a real moment (it keeps the bias correction's step).
+    """
+    if not count:
+        return
     key = second_moment_key(optimizer)
     for name, parameter in model.named_parameters():
-        if original.optimizer_count:
-            optimizer.state[parameter] = {
-                "step": torch.tensor(float(original.optimizer_count)),
-                "exp_avg": torch.from_numpy(first[name]).to(parameter.device),
-                key: torch.from_numpy(second[name]).to(parameter.device)}
+        optimizer.state[parameter] = {
+            "step": torch.tensor(float(count)),
+            "exp_avg": torch.as_tensor(first[name]).to(parameter.device),
+            key: torch.as_tensor(second[name]).to(parameter.device)}
 
 
 def _load_original_optimizer_state(saved: dict[str, Any], saved_model_state: dict[str, Any], model: nn.Module,

@@ -2,7 +2,8 @@
 
 Original-JAX checkpoints (truncated, empty, not a checkpoint, another architecture), and on the train
 paths: another architecture, a zero-byte checkpoint, a changed optimizer type, a stray file in the PyTorch
-history folder; a damaged JAX step folder falls back to the newest complete one.
+history folder; a damaged JAX step folder falls back to the newest complete one (renamed aside by the trainer
+only); the converter refuses our checkpoints as original-JAX ones; even kernels of the original JAX code.
 """
 from __future__ import annotations
 
@@ -231,12 +232,133 @@ def remove_state(step: Path) -> None:
     shutil.rmtree(step / "state")
 
 
+def restore_jax(folder: Path, hp, move_unreadable_aside: bool):
+    import jax
+
+    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
+    from efficient_vdvae_jax.model import UniversalAutoEncoder
+    from efficient_vdvae_jax.trainer import abstract_train_state
+
+    checkpoints = TrainingCheckpoints(folder, 2)
+    try:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return checkpoints.restore(abstract_train_state(hp, UniversalAutoEncoder(hp), sharding),
+                                   move_unreadable_aside=move_unreadable_aside)[1]
+    finally:
+        checkpoints.close()
+
+
+@pytest.mark.parametrize("aside", [True, False], ids=["trainer", "read-only"])
 @pytest.mark.parametrize("damage", [truncate_arrays, remove_state], ids=["corrupt", "partial"])
-def test_a_damaged_jax_step_falls_back_to_the_newest_complete_one(tmp_path, capsys, damage):
+def test_a_damaged_jax_step_falls_back_to_the_newest_complete_one(tmp_path, capsys, damage, aside):
     path = write_checkpoint("jax", tmp_path)
     damage(path / "2")
-    progress = load_with("jax", path, load(*JAX_TINY))
-    assert progress.global_step == 1
+    before = sorted(p.name for p in path.iterdir())
+    assert restore_jax(path, load(*JAX_TINY), move_unreadable_aside=aside).global_step == 1
     out = capsys.readouterr().out
     assert str(path / "2") in out and "fell back" in out
-    assert sorted(p.name for p in path.iterdir()) == ["1", "2.unreadable"]  # moved aside, not deleted
+    if aside:  # the trainer: moved aside, not deleted
+        assert sorted(p.name for p in path.iterdir()) == ["1", "2.unreadable"]
+    else:  # synthesis, convert_checkpoint: the user's folder stays as it is
+        assert "leaving the damaged one in place" in out
+        assert sorted(p.name for p in path.iterdir()) == before == ["1", "2"]
+
+
+def test_a_failure_that_is_not_the_files_is_raised_and_renames_nothing(tmp_path, monkeypatch):
+    """Device, sharding or memory failures of orbax's restore are not a damaged step: raised as they are."""
+    import orbax.checkpoint as ocp
+
+    path = write_checkpoint("jax", tmp_path)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12345 bytes")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", out_of_memory)
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        restore_jax(path, load(*JAX_TINY), move_unreadable_aside=True)
+    assert sorted(p.name for p in path.iterdir()) == ["1", "2"]
+
+
+def test_synthesis_falls_back_without_renaming(tmp_path, capsys):
+    from efficient_vdvae_jax.model import UniversalAutoEncoder
+    from efficient_vdvae_jax.synthesis import load_synthesis_params
+
+    path = write_checkpoint("jax", tmp_path)
+    truncate_arrays(path / "2")
+    hp = load(*JAX_TINY, "run.name='x'")
+    load_synthesis_params(hp, UniversalAutoEncoder(hp), tmp_path)
+    out = capsys.readouterr().out
+    assert "fell back" in out and "(step 1)" in out
+    assert sorted(p.name for p in path.iterdir()) == ["1", "2"]
+
+
+def convert(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "efficient_vdvae_jax" / "convert_checkpoint.py"), *args,
+                           "--config", str(REFERENCE_CONFIG), "--set", *REFERENCE_OVERRIDES],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"})
+
+
+def test_to_torch_falls_back_without_renaming_and_force_replaces_a_folder_with_unreadable_steps(tmp_path):
+    from efficient_vdvae_jax.convert_checkpoint import main
+    from efficient_vdvae_torch.checkpoints import load_checkpoint
+
+    path = write_checkpoint("jax", tmp_path)
+    truncate_arrays(path / "2")
+    settings = ("--config", str(REFERENCE_CONFIG), "--set", *REFERENCE_OVERRIDES, *JAX_TINY)
+    main(["to-torch", str(path), str(tmp_path / "checkpoints-torch"), *settings])
+    assert load_checkpoint(tmp_path / "checkpoints-torch")["global_step"] == 1
+    assert sorted(p.name for p in path.iterdir()) == ["1", "2"]
+
+    # A JAX run folder as the trainer leaves it (a step moved aside) is a checkpoint --force may replace.
+    os.rename(path / "2", path / "2.unreadable")
+    main(["to-jax", str(tmp_path / "checkpoints-torch"), str(path), "--force", *settings])
+    assert sorted(p.name for p in path.iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("source", ["torch", "jax"])
+def test_from_original_jax_refuses_our_checkpoints_writing_nothing(tmp_path, framework, source):
+    ours = write_checkpoint(source, tmp_path)
+    destination = tmp_path / "out"
+    result = convert("from-original-jax", str(ours), str(destination), "--framework", framework)
+    assert_one_line_exit_2(result, f"{ours} is not a checkpoint of the original JAX code (use to-jax / to-torch)")
+    assert not destination.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoints-x"]
+
+
+def test_first_shape_mismatch_reports_the_first_differing_entry():
+    from efficient_vdvae_common.parameter_layouts import MISSING, first_shape_mismatch
+
+    assert first_shape_mismatch({"a": (1, 2), "b": (3,)}, {"a": (1, 2), "b": (3,)}) is None
+    assert first_shape_mismatch({"a": (1, 2), "b": (3,)}, {"b": (4,), "a": (1, 3)}) == ("a", (1, 2), (1, 3))
+    assert first_shape_mismatch({"a": (1,)}, {"a": (1,), "c": (5,)}) == ("c", MISSING, (5,))
+    assert first_shape_mismatch({"a": (1,), "d": (2,)}, {"a": (1,)}) == ("d", (2,), MISSING)
+
+
+# ---- Original-JAX checkpoints with an even kernel: the original padded those another way.
+
+@needs_original_jax
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_an_original_checkpoint_with_an_even_kernel_is_refused(tmp_path, framework):
+    """The original's flax 'SAME' put the odd pixel right/bottom, ours left/top (SPEC.md section 2)."""
+    import numpy as np
+    from flax import serialization
+
+    tree = serialization.msgpack_restore(MSGPACK.read_bytes())
+    name = "bottom_up/input_conv/conv/kernel"
+    for which in ("params", "ema_params"):
+        node = tree[which]["bottom_up"]["input_conv"]["conv"]
+        node["kernel"] = np.zeros((2, 2) + node["kernel"].shape[2:], np.float32)
+    for state in tree["opt_state"].values():
+        if isinstance(state, dict) and "mu" in state:
+            for moment in ("mu", "nu"):
+                node = state[moment]["bottom_up"]["input_conv"]["conv"]
+                node["kernel"] = np.zeros((2, 2) + node["kernel"].shape[2:], np.float32)
+    path = tmp_path / "checkpoints-small" / "checkpoint_3"
+    path.parent.mkdir()
+    path.write_bytes(serialization.msgpack_serialize(tree))
+    with pytest.raises(checkpoint_error(framework)) as error:
+        load_with(framework, path.parent, load("model.input_kernel_size=(2, 2)"))
+    message = str(error.value)
+    assert str(path) in message and "even 2x2 kernel" in message and name in message and "'SAME'" in message

@@ -219,3 +219,32 @@ def test_to_torch_and_to_jax_recognise_an_original_jax_source(tmp_path, directio
     else:
         _, progress = restore_jax(hp, destination)
     assert progress.global_step == 3
+
+
+def test_an_orbax_checkpoint_is_read_as_numpy_on_the_host():
+    """Never as jax.Arrays on JAX's default device (a GPU, in a PyTorch process with jax[cuda] installed)."""
+    import jax
+
+    from efficient_vdvae_jax.original_checkpoint import restore_orbax_as_numpy
+
+    leaves = jax.tree.leaves(restore_orbax_as_numpy(ORBAX))
+    assert len(leaves) == 4 * 406 + 4 and all(type(leaf) is np.ndarray for leaf in leaves)
+
+
+def test_the_pytorch_loader_keeps_jax_on_the_cpu():
+    """Orbax starts JAX's backends (it asks for the process index); in a PyTorch process only the CPU one."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    code = ("import torch, jax; from efficient_vdvae_torch.checkpoints import load_checkpoint; "
+            f"state = load_checkpoint({str(ORBAX)!r}); "
+            "assert all(type(v) is torch.Tensor for v in state['model_state_dict'].values()); "
+            "print('platforms', jax.config.jax_platforms)")
+    env = {key: value for key, value in os.environ.items() if key != "JAX_PLATFORMS"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "platforms cpu" in result.stdout
