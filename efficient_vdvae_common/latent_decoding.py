@@ -23,12 +23,15 @@ encodings of points between two images, for programmatic use:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from efficient_vdvae_common.encodings import Encodings, EncodingsError, GroupEncoding, read_encodings
-from efficient_vdvae_common.synthesis_files import encodings_path, image_stem
+from efficient_vdvae_common.image_grids import SampleGrid
+from efficient_vdvae_common.images import write_png
+from efficient_vdvae_common.synthesis_files import encodings_path, image_stem, temperature_folder_name
+from efficient_vdvae_common.temperatures import expand_temperature_settings
 
 DECODED_FOLDER = "decoded"
 # numpy stream of the posterior samples: apart from every other use of run.seed.
@@ -141,3 +144,33 @@ def interpolate_encodings(encodings: Encodings, name_a: str, name_b: str, steps:
               for g, group in encodings.groups.items()}
     flat = lambda name: image_stem(name).replace("/", "_")  # noqa: E731
     return Encodings([f"{flat(name_a)}~{flat(name_b)}-{i}" for i in range(steps)], groups)
+
+
+DecodePart = Callable[[Encodings, Sequence[float], np.random.Generator, int], np.ndarray]
+
+
+def write_decoded_images(hp: Any, encodings: Encodings, output_dir: str | Path, num_levels: int,
+                         decode_part: DecodePart, progress: Callable[[Iterable, str], Iterable]) -> list[Path]:
+    """Decoding mode's files: `<output_dir>/<setting folder>/<image stem>.png` for every image of `encodings` and
+    temperature setting, plus a grid per setting; returns the folders.
+
+    `decode_part(part, temperatures, rng, batch_index)` gives uint8 images of the rows `part` (one framework's
+    model). Every setting restarts the posterior samples' generator, so settings differ in the pruned
+    variates' temperatures only.
+    """
+    settings = hp.synthesis.temperature_settings
+    folders = []
+    for index, (setting, temperatures) in enumerate(zip(settings, expand_temperature_settings(settings, num_levels))):
+        folder = Path(output_dir) / temperature_folder_name(index, setting)
+        grid = SampleGrid(decoding_grid_path(output_dir, folder.name))
+        rng = posterior_sample_rng(hp.run.seed)
+        batches = decoding_batches(len(encodings.file_names), hp.synthesis.batch_size)
+        for batch_index, rows in enumerate(progress(batches, f"decoding {folder.name}")):
+            part = encodings_rows(encodings, rows)
+            images = decode_part(part, temperatures, rng, batch_index)
+            grid.add(images)
+            for name, image in zip(part.file_names, images):
+                write_png(folder / f"{image_stem(name)}.png", image)
+        grid.write()
+        folders.append(folder)
+    return folders

@@ -152,7 +152,8 @@ def run_mode(
         from efficient_vdvae_common.latent_decoding import decoding_dir, decoding_encodings_path
 
         output_dir = decoding_dir(run_logs)
-        folders = decode(output_dir)
+        with staged_folder(run_logs) as staging:
+            folders = decode(decoding_dir(staging))
         print(f"decoded {decoding_encodings_path(hp, run_logs)} for each of {len(folders)} temperature "
               f"settings under {output_dir}", flush=True)
     elif mode == "div_stats":

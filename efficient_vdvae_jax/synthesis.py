@@ -33,9 +33,8 @@ from efficient_vdvae_common.image_grids import (ReconstructionGrid, SampleGrid, 
                                                 reconstruction_grid_path)
 from efficient_vdvae_common.generation_fid import fid_weights, generated_folders, write_generation_fids
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
-from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_grid_path, decoding_inputs,
-                                                    encodings_rows, load_encodings_for_decoding,
-                                                    posterior_sample_rng)
+from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_inputs, load_encodings_for_decoding,
+                                                    posterior_sample_rng, write_decoded_images)
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
                                                     load_run_div_stats, needs_variate_masks, run_mode,
@@ -398,31 +397,17 @@ def decode_encodings(hp: Any, model: UniversalAutoEncoder, params: Any, encoding
 
 def decode(hp: Any, model: UniversalAutoEncoder, params: Any, encodings: Encodings,
            output_dir: str | Path) -> list[Path]:
-    """Decoding mode: `<output_dir>/<setting folder>/<image stem>.png` for every image of `encodings` and
-    temperature setting, plus a grid per setting; returns the folders.
+    """Decoding mode (efficient_vdvae_common.latent_decoding.write_decoded_images); returns the folders.
 
-    Every setting restarts the posterior samples' generator and reuses the
-    same keys, so settings differ in the pruned variates' temperatures only.
+    Every setting reuses the same keys, so settings differ in the pruned variates' temperatures only.
     """
-    settings = hp.synthesis.temperature_settings
-    expanded = expand_temperature_settings(settings, len(hp.model.down_strides))
     step = make_decoding_step(hp, model)
-    folders = []
-    for setting_index, (setting, temperatures) in enumerate(zip(settings, expanded)):
-        folder = Path(output_dir) / temperature_folder_name(setting_index, setting)
-        grid = SampleGrid(decoding_grid_path(output_dir, folder.name))
-        rng = posterior_sample_rng(hp.run.seed)
-        for index, rows in enumerate(_progress(decoding_batches(len(encodings.file_names), hp.synthesis.batch_size),
-                                               f"decoding {folder.name}")):
-            part = encodings_rows(encodings, rows)
-            images = decode_encodings(hp, model, params, part, temperatures,
-                                      hp.synthesis.decoding_posterior_temperature, rng, step, first_batch=index)
-            grid.add(images)
-            for name, image in zip(part.file_names, images):
-                write_png(folder / f"{image_stem(name)}.png", image)
-        grid.write()
-        folders.append(folder)
-    return folders
+
+    def decode_part(part, temperatures, rng, batch_index):
+        return decode_encodings(hp, model, params, part, temperatures, hp.synthesis.decoding_posterior_temperature,
+                                rng, step, first_batch=batch_index)
+
+    return write_decoded_images(hp, encodings, output_dir, len(hp.model.down_strides), decode_part, _progress)
 
 
 def run_synthesis(hp: Any, root: str | Path = ".", posterior_temperature: float = 1.0) -> None:
