@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.jax_training.conftest import check, run_training
 
 
+@pytest.mark.slow  # a full JAX train.py run (compiles the train and validation steps)
 def test_short_run_logs_and_checkpoints(run_overrides, tmp_path):
     """Also issue 9 item 5 (test_validation_at_first_and_last_step): an interval longer than the run
     still validates and checkpoints after the first update and at the end."""

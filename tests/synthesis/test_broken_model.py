@@ -17,6 +17,7 @@ from tests.jax_synthesis.conftest import RUN_NAME as JAX_RUN_NAME
 from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
 
 from .conftest import CONFIG, RUN_NAME as TORCH_RUN_NAME
+from tests.helpers import FRAMEWORKS_JAX_SLOW
 
 MODES = ["reconstruction", "generation", "div_stats", "encoding"]
 
@@ -100,7 +101,7 @@ def _run(framework, request, tmp_path, monkeypatch, capsys, value: float, mode: 
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", FRAMEWORKS_JAX_SLOW)
 def test_nan_weights_name_the_checkpoint(framework, mode, request, tmp_path, monkeypatch, capsys):
     code, stderr, _ = _run(framework, request, tmp_path, monkeypatch, capsys, float("nan"), mode)
     run_name = FRAMEWORKS[framework][2]

@@ -18,6 +18,7 @@ from efficient_vdvae_common.synthesis_files import div_stats_path, encodings_pat
 from efficient_vdvae_common.variate_masks import save_div_stats
 from hparams import load_config
 from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
+from tests.helpers import FRAMEWORKS_JAX_SLOW
 
 
 def _encodings(rng, names, shapes_and_variates):
@@ -153,7 +154,7 @@ LOGITS = {"torch": _torch_logits, "jax": _jax_logits}
 FRAMEWORKS = {"torch": ("tiny_run", "tiny", _torch_synthesis), "jax": ("jax_run", "tiny_jax", _jax_synthesis)}
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", FRAMEWORKS_JAX_SLOW)
 def test_decoding_the_means_of_a_full_encoding_is_the_deterministic_reconstruction(framework, request, tmp_path):
     fixture, name, synthesize = FRAMEWORKS[framework]
     run = request.getfixturevalue(fixture)

@@ -11,6 +11,7 @@ import pytest
 from efficient_vdvae_common import fid
 from tests.common.test_common_fid import random_inception_weights  # noqa: F401  (module fixture)
 from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
+from tests.helpers import FRAMEWORKS_JAX_SLOW
 
 FRAMEWORKS = {"torch": ("tiny_run", "tiny"), "jax": ("jax_run", "tiny_jax")}
 
@@ -31,7 +32,7 @@ def _main(framework: str):
     return main
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", FRAMEWORKS_JAX_SLOW)
 def test_missing_inception_weights_stop_before_generating(framework, request, tmp_path, monkeypatch, capsys):
     fixture, name = FRAMEWORKS[framework]
     run = request.getfixturevalue(fixture)

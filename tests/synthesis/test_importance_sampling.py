@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import multivariate_normal, norm
 
 from efficient_vdvae_common.importance_sampling import importance_weighted_nll, sample_passes
+from tests.helpers import FRAMEWORKS_JAX_SLOW
 
 
 def test_one_sample_is_the_single_sample_bound_exactly():
@@ -83,7 +84,7 @@ def _jax_reconstruct(run, num_samples: int, output_dir):
 RECONSTRUCT = {"torch": (_torch_reconstruct, "tiny_run"), "jax": (_jax_reconstruct, "jax_run")}
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", FRAMEWORKS_JAX_SLOW)
 def test_k64_bound_is_below_the_elbo_and_leaves_it_unchanged(framework, request, tmp_path):
     reconstruct, fixture = RECONSTRUCT[framework]
     run = request.getfixturevalue(fixture)
@@ -216,7 +217,7 @@ WEIGHTS = {"torch": TorchWeights, "jax": JaxWeights}
 
 
 @pytest.mark.parametrize("base", BASES)
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("framework", FRAMEWORKS_JAX_SLOW)
 def test_monte_carlo_elbo_of_the_weights_matches_the_analytic_nelbo(framework, base):
     """-mean_k w_k estimates the NELBO that compute_loss reports (analytic KL). On the same noise the
     reconstruction terms cancel, so the difference is the Monte-Carlo KL error alone: within 4 standard
