@@ -6,6 +6,14 @@ from pathlib import Path
 
 import pytest
 
+# The test process imports both frameworks. torch loads triton lazily (on the first optimizer, through
+# torch._dynamo); loaded after jaxlib's threads are up, that import once crashed the process (SIGSEGV in
+# triton's extension) in a slow run. Loading it first, before any JAX test, keeps the order fixed.
+try:
+    import torch._dynamo  # noqa: F401
+except ImportError:  # a JAX-only environment
+    pass
+
 # Tests run on the CPU, whatever the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
