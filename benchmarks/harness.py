@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from efficient_vdvae_common.architecture import is_binarized_mnist
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,7 +53,7 @@ def random_images(hp: Any, batch: int, channels_last: bool, seed: int = 0) -> np
     rng = np.random.default_rng(seed)
     res, channels = hp.data.target_res, hp.data.channels
     shape = (batch, res, res, channels) if channels_last else (batch, channels, res, res)
-    if hp.data.dataset_source == "binarized_mnist":
+    if is_binarized_mnist(hp):
         return (rng.uniform(size=shape) < 0.5).astype(np.float32)
     return (rng.integers(0, 256, size=shape) / 127.5 - 1.0).astype(np.float32)
 

@@ -11,14 +11,13 @@ them into the bound and into report units, and plans the batched passes.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator
 
 import numpy as np
 
+# group_shapes: imported here by both synthesis modules until they import it from architecture.
+from efficient_vdvae_common.architecture import LN2, group_shapes, image_dims, is_binarized_mnist  # noqa: F401
 from efficient_vdvae_common.model_health import check_finite_outputs
-
-MNIST_PIXELS = 28 * 28
 
 
 def importance_weighted_nll(log_weights: np.ndarray) -> np.ndarray:
@@ -48,30 +47,12 @@ def batch_bound_sum(log_weights: np.ndarray, hp: Any, what: str, checkpoint: str
     return float(nats_to_report_units(importance_weighted_nll(log_weights), hp).sum())
 
 
-def image_dims(hp: Any) -> int:
-    """Dimensions the likelihood covers: 784 for binarized_mnist (its 28x28 crop), else H * W * C."""
-    if hp.data.dataset_source == "binarized_mnist":
-        return MNIST_PIXELS
-    return hp.data.target_res * hp.data.target_res * hp.data.channels
-
-
 def nats_to_report_units(nats_per_image: np.ndarray, hp: Any) -> np.ndarray:
     """Per-image nats -> the units NELBO is reported in: nats per image for binarized_mnist, else bits/dim."""
     nats_per_image = np.asarray(nats_per_image, dtype=np.float64)
-    if hp.data.dataset_source == "binarized_mnist":
+    if is_binarized_mnist(hp):
         return nats_per_image
-    return nats_per_image / (image_dims(hp) * math.log(2.0))
-
-
-def group_shapes(hp: Any) -> list[tuple[int, int]]:
-    """(variates, resolution) of every latent group in top-down order (followers share their level's)."""
-    m = hp.model
-    resolution = hp.data.target_res // math.prod(m.down_strides)
-    shapes = []
-    for i, stride in enumerate(m.down_strides):
-        resolution *= stride
-        shapes += [(m.down_latent_variates[i], resolution)] * (1 + m.down_n_blocks_per_res[i])
-    return shapes
+    return nats_per_image / (image_dims(hp) * LN2)
 
 
 def sample_passes(num_images: int, num_samples: int, rows_per_pass: int) -> Iterator[np.ndarray]:

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from efficient_vdvae_common.architecture import is_binarized_mnist
+
 _NUMBERED_NAME = re.compile(r"^(.*?)((?:_\d+)+)$")
 NHWC_PARAMS = ("trainable_h", "scale_bias")
 OUTPUT_CONV = ("top_down", "output_conv")
@@ -64,7 +66,7 @@ def output_channel_permutation(num_mixtures: int, channels: int) -> np.ndarray:
 
 def mol_channel_permutation(hp: Any) -> np.ndarray | None:
     """The output conv's permutation for config `hp`, None when nothing moves (binarized MNIST's one logit)."""
-    if hp.data.dataset_source == "binarized_mnist":
+    if is_binarized_mnist(hp):
         return None
     return output_channel_permutation(hp.model.num_output_mixtures, hp.data.channels)
 

@@ -34,10 +34,18 @@ def expand_temperature_settings(settings: Sequence, num_levels: int) -> list[lis
     return [expand_temperature_setting(s, num_levels) for s in settings]
 
 
-def per_group_temperatures(level_temperatures: Sequence[float], blocks_per_level: Sequence[int]) -> list[float]:
-    """Per latent group: a top-level block's temperature also covers its followers.
+def per_group_temperatures(temperatures: float | Sequence, blocks_per_level: Sequence[int]) -> list:
+    """One prior temperature per latent group, from one per top-level block (or one for all).
 
-    blocks_per_level is model.down_n_blocks_per_res (followers of each level).
+    A top-level block's temperature also covers its followers; blocks_per_level
+    is model.down_n_blocks_per_res. The values are kept as given (floats, or
+    framework scalars inside a traced function).
     """
-    return [t for t, followers in zip(level_temperatures, blocks_per_level, strict=True)
+    n_levels = len(blocks_per_level)
+    if isinstance(temperatures, (int, float)):
+        temperatures = [temperatures] * n_levels
+    if len(temperatures) != n_levels:
+        raise ValueError(f"temperatures: expected {n_levels} values (one per top-level block, i.e. per entry of "
+                         f"model.down_strides), got {len(temperatures)}")
+    return [temperature for temperature, followers in zip(temperatures, blocks_per_level)
             for _ in range(1 + followers)]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from efficient_vdvae_common.architecture import is_binarized_mnist
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
@@ -130,7 +131,7 @@ def non_finite_weights(setup: TrainingSetup) -> str | None:
 
 def batch_ssim(hp: Any, targets: torch.Tensor, outputs: torch.Tensor) -> float:
     """Batch-mean SSIM of model-space images (NaN for binarized MNIST, where SPEC defines none)."""
-    if hp.data.dataset_source == "binarized_mnist":
+    if is_binarized_mnist(hp):
         return float("nan")
     return ssim_metric(targets, outputs)
 
@@ -181,7 +182,7 @@ def _channels_last_numpy(images: torch.Tensor) -> np.ndarray:
 def log_batch_summaries(hp: Any, writer: TensorBoardWriter, step: int, x: torch.Tensor, stats: dict,
                         samples: torch.Tensor, model: nn.Module | None = None) -> None:
     """Histograms (targets, outputs, output means and log-scales, weights) and image grids."""
-    binarized = hp.data.dataset_source == "binarized_mnist"
+    binarized = is_binarized_mnist(hp)
     writer.add_histogram("Distributions/target", x.float().cpu().numpy(), step, bins=20)
     writer.add_histogram("Distributions/output", samples.float().cpu().numpy(), step, bins=20)
     dist = OutputDistribution.from_hparams(hp)

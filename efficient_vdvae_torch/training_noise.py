@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from efficient_vdvae_common.architecture import group_shapes
+
 TRAIN_STREAM = 0
 VALIDATION_STREAM = 1
 SUMMARY_STREAM = 2  # output samples of the last train batch at evaluation step s (counter: s)
@@ -31,15 +33,8 @@ VALIDATION_OUTPUT_STREAM = 3  # output samples of validation batch i (counter: i
 
 
 def latent_noise_shapes(hp: Any) -> list[tuple[int, int, int]]:
-    """(variates, H, W) of every latent group, in top-down execution order."""
-    model = hp.model
-    resolution = hp.data.target_res // int(np.prod(model.down_strides))
-    shapes = []
-    for level, stride in enumerate(model.down_strides):
-        resolution *= stride
-        groups_in_level = 1 + model.down_n_blocks_per_res[level]
-        shapes += [(model.down_latent_variates[level], resolution, resolution)] * groups_in_level
-    return shapes
+    """(variates, H, W) of every latent group (NCHW without the batch), in top-down execution order."""
+    return [(variates, resolution, resolution) for variates, resolution in group_shapes(hp)]
 
 
 def noise_seed(seed: int, stream: int, counter: int, *more: int) -> int:

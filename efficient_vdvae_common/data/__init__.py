@@ -6,7 +6,6 @@ add only their batching.
 from efficient_vdvae_common.data.ordering import epoch_order, num_global_batches, per_rank_batch_size, rank_positions
 from efficient_vdvae_common.data.readers import CorruptImageError, DataError
 from efficient_vdvae_common.data.splits import (
-    SOURCES,
     SPLITS,
     ImageSplit,
     OfficialImages,
@@ -17,7 +16,6 @@ from efficient_vdvae_common.data.splits import (
 )
 
 __all__ = [
-    "SOURCES",
     "SPLITS",
     "CorruptImageError",
     "DataError",

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from efficient_vdvae_common.architecture import MNIST_PADDING
+
 # The aligned CelebA photographs are 178x218; the 64x64 protocol keeps this
 # (left, top, right, bottom) box before resizing.
 CELEBA_CROP_BOX = (15, 40, 163, 188)
-MNIST_PADDING = 2
 
 
 def reduce_bits(images: np.ndarray, num_bits: float) -> np.ndarray:

@@ -1,7 +1,6 @@
-"""The sources of the original and how each is split (SPEC sections 1 and 12).
+"""How each source of efficient_vdvae_common.sources is read and split (SPEC sections 1 and 12).
 
-A source is data, not code: which on-disk format it uses and whether it is
-binarized MNIST. `build_split` turns a config and a split name into an
+`build_split` turns a config and a split name into an
 `ImageSplit`: a reader, the reader indices of the split in a fixed order, and
 the preprocessing to apply (flips and dynamic binarisation only for 'train').
 """
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -23,6 +21,7 @@ from efficient_vdvae_common.data.readers import (
     ImageReader,
     NpzReader,
 )
+from efficient_vdvae_common.sources import SOURCES, Source
 
 SPLITS = ("train", "val", "synthesis", "div_stats", "encode")
 # Order of the official CIFAR-10 / MNIST test set; the first half is
@@ -32,26 +31,6 @@ OFFICIAL_TEST_PERMUTATION_SEED = 101
 FIXED_BINARIZATION_SEED = 1234
 DIV_STATS_STREAM = 7  # separates the div_stats subset's random stream from the epochs'.
 VALIDATION_SUBSET_STREAM = 8  # and the validation subset's.
-
-
-@dataclass(frozen=True)
-class Source:
-    storage: str  # 'official' (CIFAR-10/MNIST arrays from a library), 'npz' or 'folder'
-    official_name: str | None = None  # the dataset's name in torchvision/tfds terms
-    binarized: bool = False  # binarized MNIST: {0,1} pixels, padded to 32x32, no [-1,1] scaling
-    crop_raw_celeba: bool = False
-    model_input_shape: tuple[int, int, int] | None = None  # fixed (H, W, C) of the official sets
-
-
-SOURCES: dict[str, Source] = {
-    "binarized_mnist": Source("official", official_name="mnist", binarized=True, model_input_shape=(32, 32, 1)),
-    "cifar-10": Source("official", official_name="cifar10", model_input_shape=(32, 32, 3)),
-    "imagenet": Source("npz"),
-    "celebA": Source("folder", crop_raw_celeba=True),
-    "celebAHQ": Source("folder"),
-    "ffhq": Source("folder"),
-    "custom": Source("folder"),
-}
 
 
 class OfficialImages(NamedTuple):

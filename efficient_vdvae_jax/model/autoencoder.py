@@ -14,26 +14,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficient_vdvae_common.architecture import (latent_resolutions, num_latent_groups, output_channels, prior_init_scale,
+                                                 stable_init_scale, top_resolution, z_projection_init_scale)
 from efficient_vdvae_common.initialization import initializer_scheme
+from efficient_vdvae_common.temperatures import per_group_temperatures
 from efficient_vdvae_jax.model.latent_layers import GaussianLatentLayer, GaussianStats, sample_gaussian
 from efficient_vdvae_jax.model.layers import KernelSize, PoolLayer, ResidualConvCell, UnpoolLayer, conv2d
-
-
-def num_latent_groups(hp: Any) -> int:
-    """L: one latent group per top-down block."""
-    return sum(hp.model.down_n_blocks_per_res) + len(hp.model.down_strides)
-
-
-def top_resolution(hp: Any) -> int:
-    """H0: the resolution of the learned start tensor of the top-down pass."""
-    return hp.data.target_res // math.prod(hp.model.down_strides)
-
-
-def output_channels(hp: Any) -> int:
-    """Bernoulli logits for binarized_mnist, else M * (3C + 1) mixture-of-logistics parameters."""
-    if hp.data.dataset_source == "binarized_mnist":
-        return 1
-    return hp.model.num_output_mixtures * (3 * hp.data.channels + 1)
 
 
 def residual_cell(checkpointed: bool) -> type[ResidualConvCell]:
@@ -44,24 +30,6 @@ def residual_cell(checkpointed: bool) -> type[ResidualConvCell]:
 def compute_dtype(hp: Any) -> Any:
     """bfloat16 convolutions under `run.mixed_precision` (parameters and the loss stay float32)."""
     return jnp.bfloat16 if hp.run.mixed_precision else None
-
-
-def stable_init_scale(hp: Any) -> float:
-    return math.sqrt(1.0 / num_latent_groups(hp)) if hp.model.stable_init else 1.0
-
-
-def expand_temperatures(hp: Any, temperatures: float | Sequence[float]) -> list:
-    """One temperature per latent group from one per top-level block (or one for all)."""
-    n_levels = len(hp.model.down_strides)
-    if isinstance(temperatures, (int, float)):
-        temperatures = [temperatures] * n_levels
-    if len(temperatures) != n_levels:
-        raise ValueError(f"expected {n_levels} temperatures (one per entry of model.down_strides), "
-                         f"got {len(temperatures)}")
-    per_group = []
-    for temperature, n_followers in zip(temperatures, hp.model.down_n_blocks_per_res):
-        per_group += [temperature] * (1 + n_followers)
-    return per_group
 
 
 class LevelBlockUp(nn.Module):
@@ -223,23 +191,20 @@ class TopDown(nn.Module):
         """Every top-down block in execution order, with the index of its resolution level."""
         m = self.hp.model
         skip_filters = list(m.up_skip_filters)[::-1]
-        resolution = top_resolution(self.hp)
-        n_groups = num_latent_groups(self.hp)
+        resolutions = latent_resolutions(self.hp)
         blocks = []
         for i, stride in enumerate(m.down_strides):
-            resolution *= stride
-
             def level_block(stride: int, name: str) -> LevelBlockDown:
                 return LevelBlockDown(
                     n_blocks=m.down_n_blocks[i], n_layers=m.down_n_layers[i], filters=m.down_filters[i], mid_ratio=m.down_mid_filters_ratio[i],
                     kernel_size=m.down_kernel_size[i], stride=stride, skip_filters=skip_filters[i],
-                    variates=m.down_latent_variates[i], out_resolution=resolution,
+                    variates=m.down_latent_variates[i], out_resolution=resolutions[i],
                     distribution_base=m.distribution_base,
                     gradient_smoothing_beta=m.gradient_smoothing_beta,
                     use_residual_distribution=m.use_residual_distribution,
-                    prior_init_scale=0.0 if m.initialize_prior_weights_as_zero else 1.0,
+                    prior_init_scale=prior_init_scale(self.hp),
                     cells_init_scale=stable_init_scale(self.hp),
-                    z_projection_init_scale=math.sqrt(1.0 / n_groups),
+                    z_projection_init_scale=z_projection_init_scale(self.hp),
                     use_1x1_conv=m.use_1x1_conv, checkpointed=self.hp.run.gradient_checkpointing,
                     dtype=compute_dtype(self.hp), initializer=initializer_scheme(self.hp, "jax"), name=name)
 
@@ -318,8 +283,8 @@ class UniversalAutoEncoder(nn.Module):
 
         (efficient_vdvae_common.temperatures expands config entries into such lists.)
         """
-        logits, _, _, zs = self.top_down(None, batch_size, rng, noise=noise,
-                                         temperatures=expand_temperatures(self.hp, temperatures))
+        group_temperatures = per_group_temperatures(temperatures, self.hp.model.down_n_blocks_per_res)
+        logits, _, _, zs = self.top_down(None, batch_size, rng, noise=noise, temperatures=group_temperatures)
         return logits, zs
 
     def decode(self, rng: jax.Array, latents: Sequence[jax.Array], variate_masks: Sequence[jax.Array],
@@ -335,6 +300,7 @@ class UniversalAutoEncoder(nn.Module):
         if len(latents) != n_groups or len(variate_masks) != n_groups:
             raise ValueError(f"expected {n_groups} latents and variate masks (one per latent group), "
                              f"got {len(latents)} and {len(variate_masks)}")
+        group_temperatures = per_group_temperatures(temperatures, self.hp.model.down_n_blocks_per_res)
         logits, _, _, _ = self.top_down(None, latents[0].shape[0], rng, variate_masks=variate_masks,
-                                        latents=latents, temperatures=expand_temperatures(self.hp, temperatures))
+                                        latents=latents, temperatures=group_temperatures)
         return logits

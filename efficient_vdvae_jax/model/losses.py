@@ -12,12 +12,10 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from efficient_vdvae_common.architecture import (LN2, MNIST_CROP, image_dims, is_binarized_mnist, pixel_range,
+                                                 report_units_per_nat_per_dim)
 from efficient_vdvae_jax.model.latent_layers import GaussianStats, beta_softplus
 from efficient_vdvae_jax.model.schedules import gamma_balanced_kl, kl_beta
-
-LN2 = math.log(2.0)
-MNIST_CROP = slice(2, 30)  # binarized MNIST is 28x28 padded to 32x32
-MNIST_PIXELS = 28 * 28
 
 
 class LossOutput(NamedTuple):
@@ -31,24 +29,6 @@ class LossOutput(NamedTuple):
     recon_report: jax.Array  # recon_loss in report units
     nelbo: jax.Array  # recon_report + kl_div, report units
     beta: jax.Array
-
-
-def is_binarized_mnist(hp: Any) -> bool:
-    return hp.data.dataset_source == "binarized_mnist"
-
-
-def pixel_range(hp: Any) -> tuple[float, float]:
-    """(min_pix, max_pix): pixel values 0 and 255 after bit reduction and scaling to [-1, 1]."""
-    bin_size = 2 ** (8 - int(hp.data.num_bits))
-    max_value = (255 // bin_size) * bin_size
-    return -1.0, (max_value - 127.5) / 127.5
-
-
-def image_dims(hp: Any) -> int:
-    """D: the number of image dimensions the likelihood covers (784 for binarized_mnist)."""
-    if is_binarized_mnist(hp):
-        return MNIST_PIXELS
-    return hp.data.target_res * hp.data.target_res * hp.data.channels
 
 
 def mol_params(hp: Any, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -83,7 +63,7 @@ def _autoregressive_means(means: jax.Array, coefs: jax.Array, rgb: jax.Array) ->
 
 def mol_nll(hp: Any, targets: jax.Array, logits: jax.Array) -> jax.Array:
     """Per-pixel negative log-likelihood (B, H, W) of a discretized mixture of logistics."""
-    min_pix, max_pix = pixel_range(hp)
+    min_pix, max_pix = pixel_range(hp.data.num_bits)
     n_classes = 2.0 ** hp.data.num_bits - 1.0
     mixture_logits, means, log_scales, inv_scales, coefs = mol_params(hp, logits)
     t = targets[..., None, :]  # B, H, W, 1, C
@@ -155,7 +135,7 @@ def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequ
     else:
         kl, beta = gamma_balanced_kl(hp, kl_per_group, avg_kl_nats, step), kl_beta(hp, step)
 
-    to_report = MNIST_PIXELS if is_binarized_mnist(hp) else 1.0 / LN2
+    to_report = report_units_per_nat_per_dim(hp)
     recon_report = recon_loss * to_report
     kl_div = jnp.sum(kl_per_group) * to_report
     return LossOutput(loss=recon_loss + beta * kl, recon_loss=recon_loss, kl_per_group=kl_per_group,
@@ -168,7 +148,7 @@ def sample_from_mol(hp: Any, rng: jax.Array, logits: jax.Array,
     """Images (B, H, W, C) in [min_pix, max_pix]: Gumbel-max component choice, logistic sample, RGB AR."""
     if output_temperature is None:
         output_temperature = hp.synthesis.output_temperature
-    min_pix, max_pix = pixel_range(hp)
+    min_pix, max_pix = pixel_range(hp.data.num_bits)
     mixture_logits, means, log_scales, inv_scales, coefs = mol_params(hp, logits)
     scales = 1.0 / inv_scales
     choice_rng, logistic_rng = jax.random.split(rng)
@@ -209,7 +189,7 @@ def mean_of_mol(hp: Any, logits: jax.Array) -> jax.Array:
     logits) sum of the locations. Clipping each component, as the pixel values
     are, keeps an unlikely component with a far-off location from dragging the mean.
     """
-    min_pix, max_pix = pixel_range(hp)
+    min_pix, max_pix = pixel_range(hp.data.num_bits)
     mixture_logits, means, _, _, coefs = mol_params(hp, logits)
     clip = lambda v: jnp.clip(v, min_pix, max_pix)  # noqa: E731
     if means.shape[-1] == 3:

@@ -1,27 +1,19 @@
 """The hierarchical VAE: bottom-up encoder, top-down decoder (SPEC.md sections 3 and 4)."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from efficient_vdvae_common.architecture import (latent_resolutions, num_latent_groups, num_levels, output_channels,
+                                                 top_resolution)
 from efficient_vdvae_common.initialization import initializer_scheme
+from efficient_vdvae_common.temperatures import per_group_temperatures
 from efficient_vdvae_torch.model.conv2d import Conv2d
 from efficient_vdvae_torch.model.latent_layers import LatentStats
-from efficient_vdvae_torch.model.layers import LevelBlockDown, LevelBlockUp, num_latent_groups
+from efficient_vdvae_torch.model.layers import LevelBlockDown, LevelBlockUp
 from efficient_vdvae_torch.model.output_distribution import OutputDistribution, sample_output
-
-
-def latent_resolutions(hp) -> list[int]:
-    """Spatial size of each top-down level's latents, from the lowest resolution up."""
-    size = hp.data.target_res // math.prod(hp.model.down_strides)
-    sizes = []
-    for stride in hp.model.down_strides:
-        size *= stride
-        sizes.append(size)
-    return sizes
 
 
 class BottomUp(nn.Module):
@@ -59,7 +51,7 @@ class TopDown(nn.Module):
         super().__init__()
         m = hp.model
         resolutions = latent_resolutions(hp)
-        start = hp.data.target_res // math.prod(m.down_strides)
+        start = top_resolution(hp)
         self.trainable_h = nn.Parameter(torch.zeros(1, m.down_filters[0], start, start))
         if initializer_scheme(hp, "torch") == "torch":  # the JAX original starts from zeros
             nn.init.kaiming_uniform_(self.trainable_h, nonlinearity="linear")
@@ -73,8 +65,7 @@ class TopDown(nn.Module):
                            for _ in range(m.down_n_blocks_per_res[i])])
             for i in range(len(m.down_strides))
         ])
-        self.output_conv = Conv2d(m.down_filters[-1], OutputDistribution.from_hparams(hp).out_channels,
-                                  m.output_kernel_size)
+        self.output_conv = Conv2d(m.down_filters[-1], output_channels(hp), m.output_kernel_size)
 
     def _blocks(self):
         """(top-level index, block) in execution order."""
@@ -99,18 +90,19 @@ class TopDown(nn.Module):
 
     def sample_from_prior(self, batch_size: int, temperatures: Sequence[float],
                           noise: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`temperatures`: one per latent group (TopDown.decode too)."""
         y = self.trainable_h.expand(batch_size, -1, -1, -1)
         zs = []
-        for g, (i, block) in enumerate(self._blocks()):
-            y, z = block.sample_from_prior(y, temperatures[i], None if noise is None else noise[g])
+        for g, (_, block) in enumerate(self._blocks()):
+            y, z = block.sample_from_prior(y, temperatures[g], None if noise is None else noise[g])
             zs.append(z)
         return self.output_conv(y), zs
 
     def decode(self, latents: Sequence[torch.Tensor], variate_masks: Sequence[torch.Tensor],
                temperatures: Sequence[float]) -> torch.Tensor:
         y = self.trainable_h.expand(latents[0].shape[0], -1, -1, -1)
-        for g, (i, block) in enumerate(self._blocks()):
-            y = block.decode(y, temperatures[i], latents[g], variate_masks[g])
+        for g, (_, block) in enumerate(self._blocks()):
+            y = block.decode(y, temperatures[g], latents[g], variate_masks[g])
         return self.output_conv(y)
 
 
@@ -124,7 +116,8 @@ class UniversalAutoEncoder(nn.Module):
     def __init__(self, hp):
         super().__init__()
         self.num_groups = num_latent_groups(hp)
-        self.num_levels = len(hp.model.down_strides)
+        self.num_levels = num_levels(hp)
+        self.blocks_per_level = tuple(hp.model.down_n_blocks_per_res)
         self.output_distribution = OutputDistribution.from_hparams(hp)
         self.output_temperature = hp.synthesis.output_temperature
         self.bottom_up = BottomUp(hp)
@@ -162,12 +155,8 @@ class UniversalAutoEncoder(nn.Module):
         A top-level block's temperature also applies to its followers
         (efficient_vdvae_common.temperatures expands config entries).
         """
-        if isinstance(temperatures, (int, float)):
-            temperatures = [float(temperatures)] * self.num_levels
-        if len(temperatures) != self.num_levels:
-            raise ValueError(f"temperatures: expected {self.num_levels} values (one per top-level block), "
-                             f"got {len(temperatures)}")
-        return self.top_down.sample_from_prior(batch_size, temperatures, noise)
+        return self.top_down.sample_from_prior(batch_size, per_group_temperatures(temperatures, self.blocks_per_level),
+                                               noise)
 
     @torch.no_grad()
     def decode(self, latents: Sequence[torch.Tensor], variate_masks: Sequence, temperatures: Sequence[float] | float
@@ -179,11 +168,7 @@ class UniversalAutoEncoder(nn.Module):
         the given latent, where 0 a prior sample at the group's top-level block's
         temperature (one temperature per top-level block, or one for all).
         """
-        if isinstance(temperatures, (int, float)):
-            temperatures = [float(temperatures)] * self.num_levels
-        if len(temperatures) != self.num_levels:
-            raise ValueError(f"temperatures: expected {self.num_levels} values (one per top-level block), "
-                             f"got {len(temperatures)}")
+        temperatures = per_group_temperatures(temperatures, self.blocks_per_level)
         if len(latents) != self.num_groups or len(variate_masks) != self.num_groups:
             raise ValueError(f"expected {self.num_groups} latents and variate masks (one per latent group), "
                              f"got {len(latents)} and {len(variate_masks)}")

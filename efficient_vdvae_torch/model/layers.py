@@ -5,12 +5,11 @@ Module and attribute names reproduce the original PyTorch state_dict keys
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from efficient_vdvae_common.architecture import prior_init_scale, stable_init_scale, z_projection_init_scale
 from efficient_vdvae_common.initialization import initializer_scheme
 from efficient_vdvae_torch.model.conv2d import Conv2d, IntPair
 from efficient_vdvae_torch.model.latent_layers import GaussianLatentLayer, LatentStats
@@ -103,16 +102,6 @@ class UnpoolLayer(nn.Module):
         return self.ops(x) + self.scale_bias
 
 
-def stable_init_scale(hp) -> float:
-    """Scale of every residual cell's last conv: sqrt(1/L) with stable_init, else 1."""
-    return math.sqrt(1.0 / num_latent_groups(hp)) if hp.model.stable_init else 1.0
-
-
-def num_latent_groups(hp) -> int:
-    """L: the number of top-down blocks, one latent group each."""
-    return sum(hp.model.down_n_blocks_per_res) + len(hp.model.down_strides)
-
-
 def _residual_stack(hp, n_blocks: int, n_layers: int, filters: int, ratio: float,
                     kernel_size: IntPair) -> nn.Sequential:
     return nn.Sequential(*[
@@ -166,14 +155,14 @@ class LevelBlockDown(nn.Module):
             use_1x1=m.use_1x1_conv, output_ratio=0.5, checkpointed=hp.run.gradient_checkpointing,
             initializer=initializer_scheme(hp, "torch")))
         self.prior_net = nn.Sequential(ResidualConvCell(
-            n_layers, filters, ratio, kernel, init_scale=0.0 if m.initialize_prior_weights_as_zero else 1.0,
+            n_layers, filters, ratio, kernel, init_scale=prior_init_scale(hp),
             residual=False, use_1x1=m.use_1x1_conv, output_ratio=2.0,
             checkpointed=hp.run.gradient_checkpointing, initializer=initializer_scheme(hp, "torch")))
         self.prior_layer = GaussianLatentLayer(filters, variates, m.distribution_base, m.gradient_smoothing_beta)
         self.posterior_layer = GaussianLatentLayer(filters, variates, m.distribution_base, m.gradient_smoothing_beta)
         self.z_projection = Conv2d(variates, filters, 1)
         with torch.no_grad():
-            self.z_projection.weight.mul_(math.sqrt(1.0 / num_latent_groups(hp)))
+            self.z_projection.weight.mul_(z_projection_init_scale(hp))
         self.use_residual_distribution = m.use_residual_distribution
 
     def _prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, LatentStats]:

@@ -1,19 +1,16 @@
 """The objective: reconstruction, analytic KL, gamma balancing, beta warm-up (SPEC.md section 5)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.distributed
 
+from efficient_vdvae_common.architecture import LN2, image_dims, report_units_per_nat_per_dim
 from efficient_vdvae_torch.model.latent_layers import LatentStats, check_distribution_base
-from efficient_vdvae_torch.model.output_distribution import (MNIST_PIXELS, OutputDistribution, bernoulli_log_prob,
-                                                             mol_log_prob)
+from efficient_vdvae_torch.model.output_distribution import OutputDistribution, bernoulli_log_prob, mol_log_prob
 from efficient_vdvae_torch.model.schedules import gamma_weights, kl_beta, use_gamma
-
-LN2 = math.log(2.0)
 
 
 @dataclass
@@ -59,10 +56,6 @@ def global_batch_mean(batch_means: torch.Tensor, batch: int) -> torch.Tensor:
     return (sums[:-1] / sums[-1]).to(means.dtype)
 
 
-def _image_dims(x: torch.Tensor, dist: OutputDistribution) -> int:
-    return MNIST_PIXELS if dist.bernoulli else x.shape[1] * x.shape[2] * x.shape[3]
-
-
 def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Sequence[LatentStats],
                  prior_stats: Sequence[LatentStats], step: int | None,
                  variate_masks: Sequence | None = None) -> LossOutput:
@@ -81,7 +74,7 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
     # Losses in float32 even under bf16 autocast.
     x, logits = x.float(), logits.float()
     batch = x.shape[0]
-    dims = _image_dims(x, dist)
+    dims = image_dims(hp)
 
     log_prob = bernoulli_log_prob(x, logits) if dist.bernoulli else mol_log_prob(x, logits, dist)
     recon_loss = -log_prob.sum() / (batch * dims)
@@ -105,7 +98,7 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
         kl_loss = kl_per_group.sum()
     beta = 1.0 if step is None else kl_beta(hp, step)
 
-    to_report = MNIST_PIXELS if dist.bernoulli else 1.0 / LN2
+    to_report = report_units_per_nat_per_dim(hp)
     recon_report = recon_loss * to_report
     kl_div = kl_per_group.sum() * to_report
     return LossOutput(

@@ -14,20 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from efficient_vdvae_common.architecture import MNIST_CROP, is_binarized_mnist, pixel_range
 from efficient_vdvae_torch.model.latent_layers import check_distribution_base, softplus_beta
 
-# binarized MNIST: 28x28 digits padded to 32x32; only the centre counts.
-MNIST_CROP = slice(2, 30)
-MNIST_PIXELS = 28 * 28
 # Uniform draws stay away from 0 and 1 so that the logs below stay finite.
 UNIFORM_MARGIN = 1e-5
-
-
-def scaled_pixel_range(num_bits: float) -> tuple[float, float]:
-    """(min_pix, max_pix): the scaled values of pixel 0 and of bit-reduced 255."""
-    step = 2 ** (8 - int(num_bits))
-    top = math.floor(255 / step) * step
-    return -1.0, (top - 127.5) / 127.5
 
 
 @dataclass(frozen=True)
@@ -45,7 +36,7 @@ class OutputDistribution:
     @classmethod
     def from_hparams(cls, hp) -> "OutputDistribution":
         channels = hp.data.channels
-        bernoulli = hp.data.dataset_source == "binarized_mnist"
+        bernoulli = is_binarized_mnist(hp)
         if not bernoulli and channels not in (1, 3):
             raise ValueError(f"data.channels = {channels}: the mixture of logistics supports 1 or 3 channels")
         return cls(
@@ -59,12 +50,8 @@ class OutputDistribution:
         )
 
     @property
-    def out_channels(self) -> int:
-        return 1 if self.bernoulli else self.num_mixtures * (3 * self.channels + 1)
-
-    @property
     def pixel_range(self) -> tuple[float, float]:
-        return scaled_pixel_range(self.num_bits)
+        return pixel_range(self.num_bits)
 
     @property
     def num_classes(self) -> float:

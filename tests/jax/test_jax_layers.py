@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from efficient_vdvae_jax.model import UniversalAutoEncoder
-from efficient_vdvae_jax.model.autoencoder import expand_temperatures
 from efficient_vdvae_jax.model.layers import conv2d, same_padding
 from tests.jax.helpers import load_reference_config, load_tiny_config
 
@@ -97,12 +96,3 @@ def test_prior_sampling_shapes_and_temperature(tiny):
                              method=model.sample_from_prior)
     np.testing.assert_allclose(cold_logits, other_logits, rtol=1e-6)  # T = 0: prior means, no randomness
     assert not np.allclose(cold_logits, logits)
-
-
-def test_expand_temperatures_follows_the_top_level_blocks():
-    hp = load_reference_config()  # down_n_blocks_per_res = [0, 0, 1, 0, 0, 2, 0]
-    assert expand_temperatures(hp, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]) == [
-        0.1, 0.2, 0.3, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, 0.7]
-    assert expand_temperatures(hp, 0.8) == [0.8] * 10
-    with pytest.raises(ValueError, match="down_strides"):
-        expand_temperatures(hp, [1.0, 1.0])

@@ -11,7 +11,7 @@ from PIL import Image
 
 from efficient_vdvae_common.encodings import (Encodings, EncodingsError, GroupEncoding, read_encodings,
                                               write_encodings)
-from efficient_vdvae_common.importance_sampling import group_shapes
+from efficient_vdvae_common.architecture import group_shapes
 from efficient_vdvae_common.latent_decoding import (check_encodings_fit, decoding_batches, decoding_inputs,
                                                     interpolate_encodings)
 from efficient_vdvae_common.synthesis_files import div_stats_path, encodings_path, reconstruction_dir

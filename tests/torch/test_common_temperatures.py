@@ -27,5 +27,16 @@ def test_bad_entries_name_the_key(bad):
         expand_temperature_setting(bad, 3)
 
 
-def test_followers_share_their_top_level_temperature():
+def test_followers_share_their_top_level_temperature(reference_config):
     assert per_group_temperatures([0.1, 0.2, 0.3], [0, 2, 1]) == [0.1, 0.2, 0.2, 0.2, 0.3, 0.3]
+    # The reference config: down_n_blocks_per_res = [0, 0, 1, 0, 0, 2, 0], written out by hand.
+    blocks = reference_config.model.down_n_blocks_per_res
+    assert per_group_temperatures([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], blocks) == [
+        0.1, 0.2, 0.3, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, 0.7]
+    assert per_group_temperatures(0.8, blocks) == [0.8] * 10
+
+
+@pytest.mark.parametrize("bad", [[1.0, 1.0], []])
+def test_per_group_temperatures_need_one_per_top_level_block(bad):
+    with pytest.raises(ValueError, match="down_strides"):
+        per_group_temperatures(bad, [0, 0, 1])

@@ -10,7 +10,7 @@ from scipy import stats
 from scipy.special import expit, logsumexp, softmax
 
 from efficient_vdvae_torch.model.output_distribution import (OutputDistribution, bernoulli_log_prob, mol_log_prob,
-                                                             sample_mol, scaled_pixel_range)
+                                                             sample_mol)
 
 BETA = 0.6931472
 
@@ -121,11 +121,6 @@ def test_bernoulli_matches_scipy_on_the_centre_crop():
     expected = stats.bernoulli.logpmf(targets[:, :, 2:30, 2:30], expit(logits[:, :, 2:30, 2:30]))
     assert ours.shape == (2, 1, 28, 28)
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_scaled_pixel_range():
-    assert scaled_pixel_range(8) == (-1.0, 1.0)
-    assert scaled_pixel_range(5.0) == (-1.0, pytest.approx((248 - 127.5) / 127.5))
 
 
 def test_sampled_single_logistic_follows_its_cdf():
