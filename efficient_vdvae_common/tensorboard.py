@@ -11,14 +11,17 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, histogram_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from efficient_vdvae_common.disk_errors import DiskWriteError, disk_errors
 from efficient_vdvae_common.images import encode_png
 
 
@@ -43,26 +46,60 @@ def histogram_proto(values: np.ndarray, bins: int = 30) -> histogram_pb2.Histogr
 _writer_ids = itertools.count()
 
 
+def close_writers(writers: Iterable["TensorBoardWriter"]) -> None:
+    """Close every writer. The first error is raised after all are closed, unless an exception is already
+    on its way (a `finally` block of a failing run): that one is the run's message, not this."""
+    first = None
+    for writer in writers:
+        try:
+            writer.close()
+        except Exception as error:  # noqa: PERF203 (a handful of writers)
+            first = first or error
+    if first is not None and sys.exc_info()[1] is None:
+        raise first
+
+
 class TensorBoardWriter:
     """Writes summaries of one run mode (e.g. logs-<name>/train) to a new event file.
 
     Events are written synchronously; `flush` pushes them to the OS, so a
-    reader (or a crash) sees everything logged before the last flush.
+    reader (or a crash) sees everything logged before the last flush. A full
+    or read-only disk raises DiskWriteError naming the event file.
     """
+
+    _failed = False
 
     def __init__(self, logdir: str | Path):
         self.logdir = Path(logdir)
-        self.logdir.mkdir(parents=True, exist_ok=True)
         # The name pattern TensorBoard looks for; the counter keeps two writers of one process apart.
         self.path = self.logdir / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
                                    f".{os.getpid()}.{next(_writer_ids)}")
-        self._file = open(self.path, "wb")
+        with disk_errors(self.logdir):
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "wb")
         self._records = RecordWriter(self._file)
-        self._add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-        self.flush()
+        try:
+            self._add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+            self.flush()
+        except DiskWriteError:
+            self.close()
+            self.path.unlink(missing_ok=True)  # no empty event file left behind
+            raise
 
     def _add_event(self, event: event_pb2.Event) -> None:
-        self._records.write(event.SerializeToString())
+        with self._disk_errors():
+            self._records.write(event.SerializeToString())
+
+    @contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        """A full or read-only disk as DiskWriteError naming the event file; a later `close` then stays
+        quiet (the buffered events cannot be written either)."""
+        try:
+            with disk_errors(self.path):
+                yield
+        except BaseException:
+            self._failed = True
+            raise
 
     def _write(self, value: summary_pb2.Summary.Value, step: int) -> None:
         event = event_pb2.Event(wall_time=time.time(), step=int(step),
@@ -92,10 +129,20 @@ class TensorBoardWriter:
         self._write(summary_pb2.Summary.Value(tag=tag, image=encoded), step)
 
     def flush(self) -> None:
-        self._file.flush()
+        with self._disk_errors():
+            self._file.flush()
 
     def close(self) -> None:
-        if not self._file.closed:
+        """Close the file; after a failed write the buffered events are dropped without a second error."""
+        if self._file.closed:
+            return
+        if self._failed:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            return
+        with self._disk_errors():
             self._file.close()
 
     def __enter__(self) -> "TensorBoardWriter":

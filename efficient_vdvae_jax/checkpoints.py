@@ -7,7 +7,8 @@ consumed (applied + skipped updates), which grows with every step, so a final
 checkpoint after a skipped update never collides with an earlier one; without
 skips it equals the global step. Orbax writes into a temporary folder and
 renames it when complete, so a process killed mid-write leaves the previous
-checkpoint intact. Only the newest `run.max_allowed_checkpoints` are kept. A
+checkpoint intact; a full or read-only disk raises DiskWriteError naming the
+folder, after removing that temporary folder. Only the newest `run.max_allowed_checkpoints` are kept. A
 step folder whose files cannot be read (copied in part, damaged) is skipped
 and the newest readable one restored, saying so; the trainer also renames it
 `<n>.unreadable` (read-only tools leave the user's folder as it is). Any other
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 
+from efficient_vdvae_common.disk_errors import disk_errors, quiet_disk_error_logs
 from efficient_vdvae_common.original_jax_checkpoint import (CHECKPOINT_NAME, OriginalCheckpointError,
                                                             OriginalJaxState, newest_checkpoint_in)
 from efficient_vdvae_common.parameter_layouts import first_shape_mismatch
@@ -39,6 +42,7 @@ from hparams import checkpoints_path
 STATE_ITEM = "state"
 PROGRESS_ITEM = "progress"
 PROGRESS_FILE = "metadata"  # what orbax's JsonCheckpointHandler writes in the item folder
+ORBAX_TEMPORARY_MARKER = ".orbax-checkpoint-tmp"  # orbax writes step <n> into `<n>.orbax-checkpoint-tmp*`
 
 
 class CheckpointError(RuntimeError):
@@ -115,15 +119,35 @@ class TrainingCheckpoints:
         return newest_checkpoint_in(self.directory)
 
     def save(self, state: TrainState, progress: TrainingProgress) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Write checkpoint `progress.consumed_batches`. A full or read-only disk raises DiskWriteError
+        naming the folder, after removing orbax's temporary folder of the step (earlier steps are kept)."""
         saved = dataclasses.asdict(progress)
         if self.optimizer_type is not None:
             saved[OPTIMIZER_KEY] = self.optimizer_type
-        self.manager.save(progress.consumed_batches, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardSave(state),
-            PROGRESS_ITEM: ocp.args.JsonSave(saved),
-        }))
-        self.manager.wait_until_finished()
+        step = progress.consumed_batches
+        # orbax logs the traceback of a failed background write before raising it: kept off the one line.
+        with disk_errors(self.directory, " (the earlier checkpoints are unchanged)"), \
+                quiet_disk_error_logs("absl"):
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self.manager.save(step, args=ocp.args.Composite(**{
+                    STATE_ITEM: ocp.args.StandardSave(state),
+                    PROGRESS_ITEM: ocp.args.JsonSave(saved),
+                }))
+                self.manager.wait_until_finished()
+            except BaseException:
+                self.remove_temporary_folders(step)
+                raise
+
+    def remove_temporary_folders(self, step: int | None = None) -> list[Path]:
+        """Delete orbax's unfinished `<step>.orbax-checkpoint-tmp*` folders (of `step`, or all); the removed."""
+        if not self.directory.is_dir():
+            return []
+        pattern = f"{'*' if step is None else step}{ORBAX_TEMPORARY_MARKER}*"
+        removed = sorted(self.directory.glob(pattern))
+        for folder in removed:
+            shutil.rmtree(folder, ignore_errors=True)
+        return removed
 
     def restore(self, abstract_state: TrainState, checkpoint: int | None = None,
                 move_unreadable_aside: bool = False) -> tuple[TrainState, TrainingProgress]:

@@ -24,7 +24,7 @@ selects the mode:
 
 Outputs and names are those of efficient_vdvae_torch/synthesize.py. Bad
 configuration, a missing checkpoint, div_stats or encodings file, a checkpoint with
-non-finite weights or outputs: one line, exit 2, nothing written.
+non-finite weights or outputs, a full or read-only disk: one line, exit 2, nothing written.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.disk_errors import DiskWriteError  # noqa: E402
 from efficient_vdvae_common.encodings import EncodingsError  # noqa: E402
 from efficient_vdvae_common.fid import FIDError  # noqa: E402
 from efficient_vdvae_common.model_health import BrokenModelError  # noqa: E402
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     hp = load_config_or_exit(args, save=False)
     try:
         run_synthesis(hp, posterior_temperature=0.0 if args.posterior_means else 1.0)
-    except (BrokenModelError, CheckpointError, ConfigError, DataError, DivStatsError, EncodingsError,
-            FIDError) as error:
+    except (BrokenModelError, CheckpointError, ConfigError, DataError, DiskWriteError, DivStatsError,
+            EncodingsError, FIDError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

@@ -24,6 +24,7 @@ if str(REPO_ROOT) not in sys.path:
 import jax  # noqa: E402
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.disk_errors import DiskWriteError  # noqa: E402
 from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 from efficient_vdvae_jax.checkpoints import CheckpointError  # noqa: E402
 from efficient_vdvae_jax.distributed import init_distributed, shutdown_distributed  # noqa: E402
@@ -64,7 +65,7 @@ def _train(args, hp, is_main: bool) -> int:
         if not saved_config_path(hp.run.name).is_file():  # a saved run: read above, its note printed once
             load_config_or_exit(args, save=True, is_writer=is_main)
         trainer.run()
-    except (CheckpointError, ConfigError, DataError) as error:
+    except (CheckpointError, ConfigError, DataError, DiskWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDiverged as error:

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
-from efficient_vdvae_common.tensorboard import TensorBoardWriter
+from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
                                                  format_train_line, is_evaluation_step, non_finite_weights_message,
                                                  per_group_scalars, train_scalars)
@@ -250,8 +250,7 @@ class Trainer:
                 self.save_checkpoint()
         finally:
             self.stop.uninstall()
-            for writer in self.writers.values():
-                writer.close()
+            close_writers(self.writers.values())  # quiet when the run is already failing
             self.checkpoints.close()
         reason = "stopped by signal" if stopped else "finished"
         if self.is_main:

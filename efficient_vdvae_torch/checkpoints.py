@@ -8,7 +8,8 @@ sections 6 and 12); the original saved the index of its last step instead,
 which is converted on load.
 
 Writes are atomic (temp file, fsync, rename), so a process killed mid-write
-leaves the previous checkpoint intact. With `run.max_allowed_checkpoints > 1`
+leaves the previous checkpoint intact; a full or read-only disk raises
+DiskWriteError naming the file, after removing the temp file. With `run.max_allowed_checkpoints > 1`
 the latest checkpoints are also kept, hard-linked, in
 `checkpoints-<name>.history/global_step-<N>`.
 
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from efficient_vdvae_common.disk_errors import disk_errors
 from hparams import checkpoints_path
 
 ORIGINAL_KEYS = ("global_step", "model_state_dict", "ema_model_state_dict",
@@ -93,26 +95,33 @@ def _fsync_dir(directory: Path) -> None:
 def save_checkpoint(state: dict[str, Any], path: str | Path, max_allowed_checkpoints: int = 1) -> None:
     """Atomically replace `path` with `state`; keep the newest `max_allowed_checkpoints` in the history."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with disk_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir() and not _holds_original_jax(path):
         raise CheckpointError(f"cannot write checkpoint {path}: it is a folder (is this a JAX run of the same "
                               "name? use another run.name)")
     temp = path.with_name(f"{path.name}{_TEMP_MARKER}{os.getpid()}")
-    with open(temp, "wb") as file:
-        torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
-    if path.is_dir():
-        # Resumed from the original JAX code's checkpoints: keep them beside ours, delete nothing.
-        # Killed between the renames, `load_checkpoint` reads the moved folder.
-        backup = original_jax_backup(path)
-        if backup.exists():
-            temp.unlink()
-            raise CheckpointError(f"cannot move the original JAX checkpoints {path} aside: {backup} exists")
-        os.rename(path, backup)
-        print(f"moved the original JAX checkpoints {path} to {backup}; {path} is now this trainer's checkpoint",
-              flush=True)
-    os.replace(temp, path)
+    # A full or read-only disk: DiskWriteError naming `path`, the temp file removed, the previous file kept.
+    # (torch.save into a file object reports a failed write as a RuntimeError whose context is the OSError.)
+    with disk_errors(path, " (the previous checkpoint is unchanged)"):
+        try:
+            with open(temp, "wb") as file:
+                torch.save(state, file)
+                file.flush()
+                os.fsync(file.fileno())
+            if path.is_dir():
+                # Resumed from the original JAX code's checkpoints: keep them beside ours, delete nothing.
+                # Killed between the renames, `load_checkpoint` reads the moved folder.
+                backup = original_jax_backup(path)
+                if backup.exists():
+                    raise CheckpointError(f"cannot move the original JAX checkpoints {path} aside: {backup} exists")
+                os.rename(path, backup)
+                print(f"moved the original JAX checkpoints {path} to {backup}; {path} is now this trainer's "
+                      "checkpoint", flush=True)
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
     if max_allowed_checkpoints > 1:
         _add_to_history(path, int(state["global_step"]), max_allowed_checkpoints)
@@ -146,15 +155,21 @@ def check_history(path: str | Path) -> None:
 
 def _add_to_history(path: Path, global_step: int, keep: int) -> None:
     history = history_dir(path)
-    history.mkdir(exist_ok=True)
+    with disk_errors(history, f" (the checkpoint {path} itself was written)"):
+        history.mkdir(exist_ok=True)
     entry = history / f"global_step-{global_step}"
-    entry.unlink(missing_ok=True)
-    try:
-        os.link(path, entry)  # shares the bytes with the latest file
-    except OSError:
-        shutil.copy2(path, entry)
-    for old in _history_entries(history)[:-keep]:
-        old.unlink()
+    with disk_errors(entry, f" (the checkpoint {path} itself was written)"):
+        entry.unlink(missing_ok=True)
+        try:
+            os.link(path, entry)  # shares the bytes with the latest file
+        except OSError:
+            try:
+                shutil.copy2(path, entry)
+            except BaseException:
+                entry.unlink(missing_ok=True)  # no partial copy among the history's checkpoints
+                raise
+        for old in _history_entries(history)[:-keep]:
+            old.unlink()
 
 
 def remove_stale_temp_files(path: str | Path) -> None:

@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
+from efficient_vdvae_common.disk_errors import DiskWriteError  # noqa: E402
 from efficient_vdvae_common.lost_process import EXIT_LOST_PROCESS, lost_process_message  # noqa: E402
 from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path  # noqa: E402
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if not saved_config_path(hp.run.name).is_file():  # a saved run: read above, its note printed once
             load_config_or_exit(args, save=True, is_writer=ctx.is_main)
         trainer.run()
-    except (CheckpointError, ConfigError, DataError) as error:
+    except (CheckpointError, ConfigError, DataError, DiskWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDiverged as error:

@@ -24,7 +24,7 @@ from efficient_vdvae_common.architecture import is_binarized_mnist
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
-from efficient_vdvae_common.tensorboard import TensorBoardWriter
+from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
                                                  format_train_line, ignore_stop_signals_in_worker,
                                                  is_evaluation_step, non_finite_weights_message, per_group_scalars,
@@ -300,8 +300,7 @@ class Trainer:
             self.stop.uninstall()
             view.close()
             if self.writers:
-                for writer in self.writers.values():
-                    writer.close()
+                close_writers(self.writers.values())  # quiet when the run is already failing
         if self.ctx.is_main:
             reason = "stopped by signal" if stopped else "finished"
             print(f"{reason} at step {self.progress.global_step}; checkpoint {self.checkpoint_file}", flush=True)

@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from efficient_vdvae_common.disk_errors import DiskWriteError
+
 from .config import Config
 from .errors import ConfigError
 from .saved_run import load_run_config
@@ -39,11 +41,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def load_config_or_exit(
     args: argparse.Namespace, *, save: bool, is_writer: bool = True
 ) -> Config:
-    """The run's configuration, or exit 2 with a one-line message."""
+    """The run's configuration, or exit 2 with a one-line message (also when its saved copy cannot be
+    written: a full or read-only disk)."""
     try:
         return load_run_config(args.config, args.overrides, save=save, is_writer=is_writer)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+    except DiskWriteError as error:  # the saved copy of the config could not be written
+        print(f"error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
 
 

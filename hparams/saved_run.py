@@ -9,12 +9,12 @@ what defines the model or its data.
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
+
+from efficient_vdvae_common.atomic_files import atomic_binary_file
 
 from .config import Config, build_config, evaluate_entry, parse_override
 from .errors import ConfigError, short_repr
@@ -37,19 +37,10 @@ def saved_config_path(name: str, root: str | Path = ".") -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a file so that readers see either nothing or all of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write a UTF-8 file so that readers see either nothing or all of it; a full or read-only disk
+    raises DiskWriteError naming `path`, leaving no temporary file."""
+    with atomic_binary_file(path) as stream:
+        stream.write(text.encode("utf-8"))
 
 
 def run_name(path: str | Path, overrides: Iterable[str] = ()) -> str:
