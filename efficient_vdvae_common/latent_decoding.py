@@ -152,7 +152,8 @@ DecodePart = Callable[[Encodings, Sequence[float], np.random.Generator, int], np
 def write_decoded_images(hp: Any, encodings: Encodings, output_dir: str | Path, num_levels: int,
                          decode_part: DecodePart, progress: Callable[[Iterable, str], Iterable]) -> list[Path]:
     """Decoding mode's files: `<output_dir>/<setting folder>/<image stem>.png` for every image of `encodings` and
-    temperature setting, plus a grid per setting; returns the folders.
+    temperature setting, plus a grid per setting; returns the folders. `output_dir` None decodes and
+    writes nothing (the processes other than the first of a multi-device run).
 
     `decode_part(part, temperatures, rng, batch_index)` gives uint8 images of the rows `part` (one framework's
     model). Every setting restarts the posterior samples' generator, so settings differ in the pruned
@@ -161,16 +162,20 @@ def write_decoded_images(hp: Any, encodings: Encodings, output_dir: str | Path, 
     settings = hp.synthesis.temperature_settings
     folders = []
     for index, (setting, temperatures) in enumerate(zip(settings, expand_temperature_settings(settings, num_levels))):
-        folder = Path(output_dir) / temperature_folder_name(index, setting)
-        grid = SampleGrid(decoding_grid_path(output_dir, folder.name))
+        writing = output_dir is not None
+        folder = Path(output_dir or ".") / temperature_folder_name(index, setting)
+        grid = SampleGrid(decoding_grid_path(output_dir, folder.name)) if writing else None
         rng = posterior_sample_rng(hp.run.seed)
         batches = decoding_batches(len(encodings.file_names), hp.synthesis.batch_size)
         for batch_index, rows in enumerate(progress(batches, f"decoding {folder.name}")):
             part = encodings_rows(encodings, rows)
             images = decode_part(part, temperatures, rng, batch_index)
+            if not writing:
+                continue
             grid.add(images)
             for name, image in zip(part.file_names, images):
                 write_png(folder / f"{image_stem(name)}.png", image)
-        grid.write()
+        if writing:
+            grid.write()
         folders.append(folder)
     return folders

@@ -133,9 +133,26 @@ def run_mode(
     compute_div_stats: Callable[[], np.ndarray],
     encode: Callable[[Sequence[np.ndarray]], Encodings],
     decode: Callable[[Path], list[Path]] | None = None,
+    main_process: bool = True,
 ) -> None:
-    """Run `synthesis.synthesis_mode` with one framework's mode functions; write and report the outputs."""
+    """Run `synthesis.synthesis_mode` with one framework's mode functions; write and report the outputs.
+
+    Several processes (devices, ranks) all call it; the others (`main_process` False) compute their share
+    and write and print nothing: their mode functions get no output folder (None).
+    """
     mode = hp.synthesis.synthesis_mode
+    if not main_process:
+        if mode == "reconstruction":
+            reconstruct(None, masks)
+        elif mode == "generation":
+            generate(None)
+        elif mode == "decoding":
+            decode(None)
+        elif mode == "div_stats":
+            compute_div_stats()
+        else:
+            encode(masks)
+        return
     if mode == "reconstruction":
         # Images (and grids) are staged and moved into place at the end: a broken batch leaves no new file.
         with staged_folder(run_logs) as staging:

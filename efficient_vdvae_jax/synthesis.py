@@ -1,4 +1,4 @@
-"""The five inference modes of JAX Efficient-VDVAE (SPEC.md section 8), on one device.
+"""The five inference modes of JAX Efficient-VDVAE (SPEC.md section 8), over every device.
 
 Each mode is one function taking the config, the model and its parameters:
 `reconstruct`, `generate`, `compute_div_stats`, `encode`, `decode`
@@ -8,11 +8,18 @@ and dispatches on `synthesis.synthesis_mode`; synthesize.py is the
 command-line entry around it. Outputs and names are those of the PyTorch
 implementation (efficient_vdvae_common.synthesis_files).
 
-Evaluation batches are zero-padded to the configured batch size, with a mask,
-so that every mode compiles once. Randomness follows run.seed: batch i of a
-mode uses the key fold_in(PRNGKey(seed), i); in generation every temperature
-setting reuses the same keys, so setting k's image j differs from setting 0's
-only by its temperatures.
+Every mode runs data-parallel on the mesh of training (all local devices; all
+processes' devices when launched as several JAX processes): each global batch
+of synthesis.batch_size images is zero-padded to a multiple of the device
+count and split over the devices (efficient_vdvae_common.synthesis_shards),
+each process reads only its devices' images, the padding rows are masked out,
+and process 0 alone writes files. Every batch has the same shape, so every
+mode compiles once. Randomness follows run.seed: batch i of a mode uses the
+key fold_in(PRNGKey(seed), i) for the whole (padded) global batch; threefry
+keys give row r the same numbers in a batch of any length, so an image's
+results do not depend on the number of devices. In generation every
+temperature setting reuses the same keys, so setting k's image j differs from
+setting 0's only by its temperatures.
 """
 from __future__ import annotations
 
@@ -23,10 +30,10 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from efficient_vdvae_common.data import DataError
+from efficient_vdvae_common.data import DataError, ImageSplit, build_split, official_data_dir
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.importance_sampling import batch_bound_sum, group_shapes, sample_passes
 from efficient_vdvae_common.image_grids import (ReconstructionGrid, SampleGrid, generation_grid_path,
@@ -39,17 +46,20 @@ from efficient_vdvae_common.model_health import check_finite_outputs, check_fini
 from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
                                                     load_run_div_stats, needs_variate_masks, run_mode,
                                                     temperature_folder_name)
+from efficient_vdvae_common.synthesis_shards import ShardData, pad_rows, shard_data, shard_width
 from efficient_vdvae_common.temperatures import expand_temperature_settings
 from efficient_vdvae_common.variate_masks import variate_masks
 from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, checkpoint_dir
-from efficient_vdvae_jax.data import create_iterator
+from efficient_vdvae_jax.data.official import load_official_images
+from efficient_vdvae_jax.distributed import (data_sharding, global_mesh, is_main_process, local_device_range,
+                                             replicate, replicated_sharding, shard_batch, to_host)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.autoencoder import num_latent_groups
 from efficient_vdvae_jax.model.latent_layers import stats_to_std
 from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, render_output
 from efficient_vdvae_jax.model.losses import bernoulli_nll, mol_nll
 from efficient_vdvae_jax.model.ssim import ssim_per_image
-from efficient_vdvae_jax.trainer import abstract_train_state, local_mesh
+from efficient_vdvae_jax.trainer import abstract_train_state
 from hparams.saved_run import logs_dir
 
 SSIM_WINDOW = 11
@@ -60,21 +70,30 @@ def batch_key(seed: int, index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed), index)
 
 
-def load_synthesis_params(hp: Any, model: UniversalAutoEncoder, root: str | Path = ".") -> Any:
-    """The run's latest parameters on the first device: EMA ones when synthesis.load_ema_weights."""
+def synthesis_mesh() -> Mesh:
+    """The devices synthesis runs on: the training mesh (every device of every process)."""
+    return global_mesh()
+
+
+def load_synthesis_params(hp: Any, model: UniversalAutoEncoder, root: str | Path = ".",
+                          mesh: Mesh | None = None) -> Any:
+    """The run's latest parameters, replicated on `mesh` (default: every device): EMA ones when
+    synthesis.load_ema_weights."""
+    mesh = mesh or synthesis_mesh()
     checkpoints = TrainingCheckpoints(checkpoint_dir(hp.run.name, root), hp.run.max_allowed_checkpoints)
     try:
         if checkpoints.latest() is None:
             raise CheckpointError(f"no checkpoint in {checkpoints.directory}: train run '{hp.run.name}' first, "
                                   "and run synthesis from the folder that holds it")
-        replicated = NamedSharding(local_mesh(1), PartitionSpec())
-        state, progress = checkpoints.restore(abstract_train_state(hp, model, replicated))
+        state, progress = checkpoints.restore(abstract_train_state(hp, model, replicated_sharding(mesh)))
     finally:
         checkpoints.close()
     which = "EMA" if hp.synthesis.load_ema_weights else "trained"
     params = state.ema_params if hp.synthesis.load_ema_weights else state.params
     check_finite_weights(_non_finite_counts(params), f"{checkpoints.directory} (step {progress.global_step})", which)
-    print(f"loaded {which} weights from {checkpoints.directory} (step {progress.global_step})", flush=True)
+    if is_main_process():
+        print(f"loaded {which} weights from {checkpoints.directory} (step {progress.global_step}) "
+              f"for {mesh.size} device(s)", flush=True)
     return params
 
 
@@ -94,22 +113,57 @@ def load_variate_masks(hp: Any, root: str | Path = ".") -> np.ndarray:
     return variate_masks(div_stats, hp.synthesis.variate_masks_quantile)
 
 
+# ---- Batches on the mesh (efficient_vdvae_common.synthesis_shards).
+
+def _split(hp: Any, split: str) -> ImageSplit:
+    root = official_data_dir(hp, None)
+    return build_split(hp, split, lambda name: load_official_images(name, root, True))
+
+
+def sharded_split(hp: Any, split: str, mesh: Mesh) -> Iterator[ShardData]:
+    """The global batches of `split` (synthesis.batch_size images each) as this process sees them:
+    its devices' rows only (zero-padded), with the names of every image of the batch."""
+    return shard_data(_split(hp, split), hp.synthesis.batch_size, mesh.size, local_device_range(mesh))
+
+
 def padded_batches(hp: Any, split: str, with_names: bool = False) -> Iterator[tuple]:
-    """(x (B, H, W, C), mask (B,), names) per batch of `split`; the last batch zero-padded to B."""
-    batch_size = hp.synthesis.batch_size
-    for x, names, mask in create_iterator(hp, split, num_devices=1, with_names=True, with_mask=True,
-                                          batch_size=batch_size):
-        x, mask, names = x[0], mask[0], list(names[0])
-        missing = batch_size - len(x)
-        if missing:
-            x = np.concatenate([x, np.zeros((missing,) + x.shape[1:], x.dtype)])
-            mask = np.concatenate([mask, np.zeros(missing, bool)])
-        yield (x, mask, names) if with_names else (x, mask)
+    """(x (B, H, W, C), mask (B,), names) per batch of `split` on one device; the last batch zero-padded to B."""
+    for data in shard_data(_split(hp, split), hp.synthesis.batch_size, 1, range(1)):
+        yield (data.x, data.mask, data.names) if with_names else (data.x, data.mask)
+
+
+def padded_size(batch_size: int, mesh: Mesh) -> int:
+    """A global batch of `batch_size` rows padded to a multiple of the mesh's devices."""
+    return shard_width(batch_size, mesh.size) * mesh.size
+
+
+def local_rows_to_mesh(mesh: Mesh, local: np.ndarray) -> jax.Array:
+    """This process's rows of a global batch (its devices' blocks, in order) -> one array split over the mesh."""
+    devices = len(local_device_range(mesh))
+    return shard_batch(mesh, np.reshape(local, (devices, -1) + local.shape[1:]))
+
+
+def host_rows_to_mesh(mesh: Mesh, rows: np.ndarray) -> jax.Array:
+    """A whole global batch (the same on every process; rows a multiple of the devices) split over the mesh."""
+    width = len(rows) // mesh.size
+    mine = local_device_range(mesh)
+    return local_rows_to_mesh(mesh, rows[mine.start * width:mine.stop * width])
+
+
+def on_mesh(mesh: Mesh, tree: Any) -> Any:
+    """`tree` replicated on every device of `mesh` (left as it is when it already is)."""
+    target = replicated_sharding(mesh)
+    leaves = jax.tree.leaves(tree)
+    if leaves and all(isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(target, leaf.ndim)
+                      for leaf in leaves):
+        return tree
+    return replicate(mesh, tree)
 
 
 def _progress(items, description: str, total: int | None = None):
-    # disable=None: a bar on a terminal, silent in logs and pipes.
-    return tqdm(items, desc=description, total=total, unit="batch", disable=None, dynamic_ncols=True)
+    # disable=None: a bar on a terminal, silent in logs and pipes; process 0 only.
+    return tqdm(items, desc=description, total=total, unit="batch", dynamic_ncols=True,
+                disable=None if is_main_process() else True)
 
 
 def _jnp_masks(masks: np.ndarray | None) -> list[jax.Array] | None:
@@ -146,43 +200,55 @@ def make_reconstruction_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     return jax.jit(step)
 
 
-def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str | Path,
-                masks: np.ndarray | None = None, posterior_temperature: float = 1.0) -> ReconstructionMetrics:
+def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str | Path | None,
+                masks: np.ndarray | None = None, posterior_temperature: float = 1.0,
+                mesh: Mesh | None = None) -> ReconstructionMetrics:
     """Encode and decode the synthesis set; write `<name>.png` (and `<name>-target.png`) per image.
 
     The metrics are those of evaluation (beta 1, no gamma balancing) with z
     sampled from the posterior as in training; `masks` replace masked-off
     variates by prior samples (temperature 1, noise independent of the
     posterior's), whose KL then counts zero. `posterior_temperature=0` decodes
-    the posterior means.
+    the posterior means. Runs over `mesh` (default: every device); files are
+    written by process 0 only, none with `output_dir` None.
     """
-    output_dir = Path(output_dir)
+    mesh = mesh or synthesis_mesh()
+    params = on_mesh(mesh, params)
+    writing = output_dir is not None and is_main_process()
+    output_dir = Path(output_dir) if output_dir is not None else None
     binarized = is_binarized_mnist(hp)
     step = make_reconstruction_step(hp, model)
-    mask_arrays = _jnp_masks(masks)
+    mask_arrays = on_mesh(mesh, _jnp_masks(masks))
     totals, count = np.zeros(4), 0
     num_samples, iw_total = hp.synthesis.num_importance_samples, 0.0
-    iw_step = make_importance_step(hp, model, hp.synthesis.batch_size) if num_samples > 1 else None
-    grid = ReconstructionGrid(reconstruction_grid_path(output_dir))
-    for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "synthesis", with_names=True),
-                                                    "reconstruction")):
-        values, outputs = step(params, batch_key(hp.run.seed, index), x, mask_arrays,
-                               jnp.float32(posterior_temperature))
-        real = len(names)
-        values = np.asarray(values, np.float64)[:real]
+    iw_rows = padded_size(hp.synthesis.batch_size, mesh)
+    iw_step = make_importance_step(hp, model, iw_rows) if num_samples > 1 else None
+    grid = ReconstructionGrid(reconstruction_grid_path(output_dir)) if writing else None
+    for data in _progress(sharded_split(hp, "synthesis", mesh), "reconstruction"):
+        names, real = data.names, data.batch.size
+        key = batch_key(hp.run.seed, data.batch.index)
+        x = local_rows_to_mesh(mesh, data.x)
+        values, outputs = step(params, on_mesh(mesh, key), x, mask_arrays, jnp.float32(posterior_temperature))
+        # Padding rows come last: the real images are the first `real` rows of the global batch.
+        values = np.asarray(to_host(values), np.float64)[:real]
         # NELBO, reconstruction, KL (SSIM is NaN by design for small or binary images).
         check_finite_outputs(bool(np.isfinite(values[:, :3]).all()),
                              f"the reconstruction of {describe_images(names)}", _checkpoint_name(hp))
         totals += values.sum(axis=0)
         count += real
+        # Every process takes part in these gathers (collectives across processes).
+        x_host = np.asarray(to_host(x))[:real]
         if iw_step is not None:
             # Keys apart from the ELBO pass's: its numbers do not depend on K.
-            log_weights = importance_log_weights(iw_step, params, jax.random.fold_in(batch_key(hp.run.seed, index), 1),
-                                                 x[:real], num_samples, hp.synthesis.batch_size)
+            log_weights = importance_log_weights(iw_step, params, jax.random.fold_in(key, 1), x_host, num_samples,
+                                                 hp.synthesis.batch_size, mesh)
             iw_total += batch_bound_sum(log_weights, hp, f"the importance weights of {describe_images(names)}",
                                         _checkpoint_name(hp))
-        targets = x[:real, MNIST_CROP, MNIST_CROP] if binarized else x[:real]
-        output_images = model_space_to_uint8(np.asarray(outputs)[:real], binarized)
+        outputs = np.asarray(to_host(outputs))[:real]
+        if not writing:
+            continue
+        targets = x_host[:, MNIST_CROP, MNIST_CROP] if binarized else x_host
+        output_images = model_space_to_uint8(outputs, binarized)
         target_images = model_space_to_uint8(targets, binarized)
         grid.add(target_images, output_images)
         for name, output, target in zip(names, output_images, target_images):
@@ -192,7 +258,8 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
                 write_png(output_dir / f"{stem}-target.png", target)
     if count == 0:
         raise DataError(f"the synthesis set ({hp.data.synthesis_data_path}) has no images")
-    grid.write()
+    if grid is not None:
+        grid.write()
     nelbo, recon, kl_div, ssim = (totals / count).tolist()
     return ReconstructionMetrics(nelbo=nelbo, recon=recon, kl_div=kl_div, ssim=None if binarized else ssim,
                                  num_images=count, iw_nll=iw_total / count if iw_step is not None else None,
@@ -230,81 +297,102 @@ def make_importance_step(hp: Any, model: UniversalAutoEncoder, rows: int) -> Cal
     return jax.jit(step)
 
 
+
+
 def importance_log_weights(step: Callable, params: Any, rng: jax.Array, x: np.ndarray, num_samples: int,
-                           rows_per_pass: int) -> np.ndarray:
-    """(B, K) log weights in nats of K posterior samples per image of `x`; the B*K rows go through
-    `step` (make_importance_step) in passes of `rows_per_pass`, the last one zero-padded."""
+                           rows_per_pass: int, mesh: Mesh | None = None) -> np.ndarray:
+    """(B, K) log weights in nats of K posterior samples per image of `x` (the whole batch, on every process);
+    the B*K rows go through `step` (make_importance_step, made for `rows_per_pass` rows padded to a multiple
+    of the devices of `mesh`) in passes of `rows_per_pass`, the last one zero-padded."""
+    mesh = mesh or synthesis_mesh()
+    padded = padded_size(rows_per_pass, mesh)
     log_weights = []
     for index, rows in enumerate(sample_passes(len(x), num_samples, rows_per_pass)):
-        xs = np.asarray(x)[rows]
-        if len(rows) < rows_per_pass:
-            xs = np.concatenate([xs, np.zeros((rows_per_pass - len(rows),) + xs.shape[1:], xs.dtype)])
-        log_weights.append(np.asarray(step(params, jax.random.fold_in(rng, index), xs), np.float64)[:len(rows)])
+        xs = host_rows_to_mesh(mesh, pad_rows(np.asarray(x)[rows], padded))
+        pass_weights = step(params, on_mesh(mesh, jax.random.fold_in(rng, index)), xs)
+        log_weights.append(np.asarray(to_host(pass_weights), np.float64)[:len(rows)])
     return np.concatenate(log_weights).reshape(len(x), num_samples)
 
 
-def make_generation_step(hp: Any, model: UniversalAutoEncoder, batch_size: int) -> Callable:
+def make_generation_step(hp: Any, model: UniversalAutoEncoder, batch_size: int, mesh: Mesh | None = None
+                         ) -> Callable:
     """`images, finite = step(params, rng, level_temperatures)`: prior samples and whether their logits
-    are finite; one compile for every setting."""
+    are finite; one compile for every setting. With `mesh`, the images are split over its devices."""
     def step(params, rng, level_temperatures):
         latent_rng, output_rng = jax.random.split(rng)
         logits, _ = model.apply({"params": params}, latent_rng, batch_size, level_temperatures,
                                 method=model.sample_from_prior)
         return render_output(hp, output_rng, logits), jnp.all(jnp.isfinite(logits))
 
-    return jax.jit(step)
+    if mesh is None:
+        return jax.jit(step)
+    # The output's layout makes XLA split the whole computation by image.
+    return jax.jit(step, out_shardings=(data_sharding(mesh), replicated_sharding(mesh)))
 
 
-def generate(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str | Path) -> list[Path]:
+def generate(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str | Path | None,
+             mesh: Mesh | None = None) -> list[Path]:
     """n_generation_batches batches of synthesis.batch_size prior samples per temperature setting.
 
-    Writes `<output_dir>/<setting folder>/image-0000.png`, ...; returns the folders.
+    Writes `<output_dir>/<setting folder>/image-0000.png`, ... (process 0 only; nothing with `output_dir`
+    None); returns the folders.
     """
+    mesh = mesh or synthesis_mesh()
+    params = on_mesh(mesh, params)
+    writing = output_dir is not None and is_main_process()
     settings = hp.synthesis.temperature_settings
     expanded = expand_temperature_settings(settings, len(hp.model.down_strides))
-    step = make_generation_step(hp, model, hp.synthesis.batch_size)
+    batch_size = hp.synthesis.batch_size
+    step = make_generation_step(hp, model, padded_size(batch_size, mesh), mesh)
     binarized = is_binarized_mnist(hp)
     folders = []
     for setting_index, (setting, temperatures) in enumerate(zip(settings, expanded)):
-        folder = Path(output_dir) / temperature_folder_name(setting_index, setting)
-        grid = SampleGrid(generation_grid_path(output_dir, folder.name))
+        folder = Path(output_dir or ".") / temperature_folder_name(setting_index, setting)
+        grid = SampleGrid(generation_grid_path(output_dir, folder.name)) if writing else None
         image_index = 0
         batches = range(hp.synthesis.n_generation_batches)
         for batch_index in _progress(batches, f"generation {folder.name}"):
-            images, finite = step(params, batch_key(hp.run.seed, batch_index),
-                                  jnp.asarray(temperatures, jnp.float32))
+            images, finite = step(params, on_mesh(mesh, batch_key(hp.run.seed, batch_index)),
+                                  on_mesh(mesh, jnp.asarray(temperatures, jnp.float32)))
             check_finite_outputs(bool(finite), f"generation {folder.name}", _checkpoint_name(hp))
-            uint8_images = model_space_to_uint8(np.asarray(images), binarized)
+            images = np.asarray(to_host(images))[:batch_size]
+            if not writing:
+                continue
+            uint8_images = model_space_to_uint8(images, binarized)
             grid.add(uint8_images)
             for image in uint8_images:
                 write_png(folder / generated_image_name(image_index), image)
                 image_index += 1
-        grid.write()
+        if grid is not None:
+            grid.write()
         folders.append(folder)
     return folders
 
 
 def make_div_stats_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
-    """`sums = step(params, rng, x, mask)`: (L, variates) KL in bits, averaged over positions,
-    summed over the real images of the batch."""
-    def step(params, rng, x, mask):
+    """`per_image = step(params, rng, x)`: (B, L, variates) KL in bits, averaged over positions."""
+    def step(params, rng, x):
         _, posterior, prior = model.apply({"params": params}, rng, x)
-        per_image = jnp.stack([jnp.mean(gaussian_kl(hp, post, pri), axis=(1, 2))
-                               for post, pri in zip(posterior, prior)], axis=1)  # B, L, variates
-        return jnp.sum(jnp.where(mask[:, None, None], per_image, 0.0), axis=0) / LN2
+        return jnp.stack([jnp.mean(gaussian_kl(hp, post, pri), axis=(1, 2))
+                          for post, pri in zip(posterior, prior)], axis=1) / LN2
 
     return jax.jit(step)
 
 
-def compute_div_stats(hp: Any, model: UniversalAutoEncoder, params: Any) -> np.ndarray:
+def compute_div_stats(hp: Any, model: UniversalAutoEncoder, params: Any, mesh: Mesh | None = None) -> np.ndarray:
     """(L, variates): per-variate KL in bits, averaged over the div_stats images and positions."""
+    mesh = mesh or synthesis_mesh()
+    params = on_mesh(mesh, params)
     step = make_div_stats_step(hp, model)
     total, count = 0.0, 0
-    for index, (x, mask) in enumerate(_progress(padded_batches(hp, "div_stats"), "div_stats")):
-        sums = np.asarray(step(params, batch_key(hp.run.seed, index), x, mask), np.float64)
+    for data in _progress(sharded_split(hp, "div_stats", mesh), "div_stats"):
+        per_image = step(params, on_mesh(mesh, batch_key(hp.run.seed, data.batch.index)),
+                         local_rows_to_mesh(mesh, data.x))
+        # Summed on the host in image order: the same sum on any number of devices.
+        sums = np.asarray(to_host(per_image), np.float64)[:data.batch.size].sum(axis=0)
         check_finite_outputs(bool(np.isfinite(sums).all()), "div_stats", _checkpoint_name(hp))
         total = total + sums
-        count += int(mask.sum())
+        count += data.batch.size
     if count == 0:
         raise DataError(f"the div_stats subset of {hp.data.train_data_path} has no images "
                           f"(synthesis.div_stats_subset_ratio = {hp.synthesis.div_stats_subset_ratio})")
@@ -327,24 +415,27 @@ def make_encoding_step(hp: Any, model: UniversalAutoEncoder, active: dict[int, n
 
 
 def encode(hp: Any, model: UniversalAutoEncoder, params: Any, masks: np.ndarray,
-           posterior_temperature: float = 1.0) -> Encodings:
+           posterior_temperature: float = 1.0, mesh: Mesh | None = None) -> Encodings:
     """Posterior (mean, std) of the active variates of every train image, per group with any active.
 
     The forward pass uses the masks (masked-off variates take prior samples),
     so later groups see what masked reconstruction would feed them; its active
     variates are sampled at `posterior_temperature` (0: the posterior means, the
-    path that decoding the stored means retraces).
+    path that decoding the stored means retraces). Every process gets every image's posteriors.
     """
+    mesh = mesh or synthesis_mesh()
+    params = on_mesh(mesh, params)
     active = {g: np.flatnonzero(mask) for g, mask in enumerate(masks) if mask.any()}
     builder = EncodingsBuilder(active)
     step = make_encoding_step(hp, model, active)
-    mask_arrays = _jnp_masks(masks)
-    for index, (x, _, names) in enumerate(_progress(padded_batches(hp, "encode", with_names=True), "encoding")):
-        posteriors = step(params, batch_key(hp.run.seed, index), x, mask_arrays, jnp.float32(posterior_temperature))
-        posteriors = {g: np.asarray(p, np.float32)[:len(names)] for g, p in posteriors.items()}
+    mask_arrays = on_mesh(mesh, _jnp_masks(masks))
+    for data in _progress(sharded_split(hp, "encode", mesh), "encoding"):
+        posteriors = step(params, on_mesh(mesh, batch_key(hp.run.seed, data.batch.index)),
+                          local_rows_to_mesh(mesh, data.x), mask_arrays, jnp.float32(posterior_temperature))
+        posteriors = {g: np.asarray(p, np.float32)[:data.batch.size] for g, p in to_host(posteriors).items()}
         check_finite_outputs(all(np.isfinite(p).all() for p in posteriors.values()),
-                             f"the encoding of {describe_images(names)}", _checkpoint_name(hp))
-        builder.add_batch(names, posteriors)
+                             f"the encoding of {describe_images(data.names)}", _checkpoint_name(hp))
+        builder.add_batch(data.names, posteriors)
     return builder.build()
 
 
@@ -363,7 +454,7 @@ def make_decoding_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
 def decode_encodings(hp: Any, model: UniversalAutoEncoder, params: Any, encodings: Encodings,
                      temperatures: list[float] | float = 1.0, posterior_temperature: float = 0.0,
                      rng: np.random.Generator | None = None, step: Callable | None = None,
-                     first_batch: int = 0) -> np.ndarray:
+                     first_batch: int = 0, mesh: Mesh | None = None) -> np.ndarray:
     """Images (N, H, W, C) uint8 of every image of `encodings`, in its order, synthesis.batch_size at a time.
 
     Active variates: the stored posterior means (`posterior_temperature` 0) or
@@ -373,62 +464,74 @@ def decode_encodings(hp: Any, model: UniversalAutoEncoder, params: Any, encoding
     from the output distribution as synthesis.output_sampling says. Batch i
     uses the key fold_in(PRNGKey(run.seed), first_batch + i). `encodings` may
     be edited or built (efficient_vdvae_common.latent_decoding.interpolate_encodings);
-    `step` (make_decoding_step) saves a compile across calls.
+    `step` (make_decoding_step) saves a compile across calls. Runs over `mesh` (default: every device);
+    every process gets every image.
     """
+    mesh = mesh or synthesis_mesh()
+    params = on_mesh(mesh, params)
     rng = rng if rng is not None else posterior_sample_rng(hp.run.seed)
     step = step or make_decoding_step(hp, model)
     shapes, batch_size = group_shapes(hp), hp.synthesis.batch_size
+    padded = padded_size(batch_size, mesh)
     n_levels = len(hp.model.down_strides)
     level_temperatures = jnp.asarray([float(temperatures)] * n_levels if isinstance(temperatures, (int, float))
                                      else temperatures, jnp.float32)
     images = []
     for index, rows in enumerate(decoding_batches(len(encodings.file_names), batch_size)):
+        # Every process computes the whole batch's inputs (the same numpy draws) and feeds its devices' rows.
         latents, masks = decoding_inputs(encodings, rows, shapes, posterior_temperature, rng)
         real = len(latents[0])
-        # Zero-padded to the batch size: one compile for every batch.
-        latents = [np.concatenate([z, np.zeros((batch_size - real,) + z.shape[1:], z.dtype)]) for z in latents]
-        outputs, finite = step(params, batch_key(hp.run.seed, first_batch + index), latents,
-                               [jnp.asarray(m) for m in masks], level_temperatures)
+        # Zero-padded to the (device-padded) batch size: one compile for every batch.
+        latents = [host_rows_to_mesh(mesh, pad_rows(z, padded)) for z in latents]
+        outputs, finite = step(params, on_mesh(mesh, batch_key(hp.run.seed, first_batch + index)), latents,
+                               on_mesh(mesh, [jnp.asarray(m) for m in masks]), on_mesh(mesh, level_temperatures))
         check_finite_outputs(bool(finite), f"the decoding of {describe_images(encodings.file_names[rows])}",
                              _checkpoint_name(hp))
-        images.append(model_space_to_uint8(np.asarray(outputs)[:real], is_binarized_mnist(hp)))
+        images.append(model_space_to_uint8(np.asarray(to_host(outputs))[:real], is_binarized_mnist(hp)))
     return np.concatenate(images)
 
 
 def decode(hp: Any, model: UniversalAutoEncoder, params: Any, encodings: Encodings,
-           output_dir: str | Path) -> list[Path]:
+           output_dir: str | Path | None, mesh: Mesh | None = None) -> list[Path]:
     """Decoding mode (efficient_vdvae_common.latent_decoding.write_decoded_images); returns the folders.
 
     Every setting reuses the same keys, so settings differ in the pruned variates' temperatures only.
     """
+    mesh = mesh or synthesis_mesh()
+    params = on_mesh(mesh, params)
     step = make_decoding_step(hp, model)
 
     def decode_part(part, temperatures, rng, batch_index):
         return decode_encodings(hp, model, params, part, temperatures, hp.synthesis.decoding_posterior_temperature,
-                                rng, step, first_batch=batch_index)
+                                rng, step, first_batch=batch_index, mesh=mesh)
 
-    return write_decoded_images(hp, encodings, output_dir, len(hp.model.down_strides), decode_part, _progress)
+    return write_decoded_images(hp, encodings, output_dir if is_main_process() else None, len(hp.model.down_strides),
+                                decode_part, _progress)
 
 
 def run_synthesis(hp: Any, root: str | Path = ".", posterior_temperature: float = 1.0) -> None:
-    """Load run `hp.run.name` from `root` and run `synthesis.synthesis_mode`, printing a summary."""
+    """Load run `hp.run.name` from `root` and run `synthesis.synthesis_mode` on every device, printing a
+    summary (process 0 writes and prints; call init_distributed first in a multi-process launch)."""
     run_logs = logs_dir(hp.run.name, root)
+    mesh = synthesis_mesh()
+    main = is_main_process()
     # Missing FID weights stop here, before any generation work.
     inception_weights = fid_weights(hp)
     model = UniversalAutoEncoder(hp)
-    params = load_synthesis_params(hp, model, root)
+    params = load_synthesis_params(hp, model, root, mesh)
     # Masks and encodings come before any output so that a missing file leaves nothing half-written.
     masks = load_variate_masks(hp, root) if needs_variate_masks(hp) else None
     encodings = (load_encodings_for_decoding(hp, run_logs, group_shapes(hp))
                  if hp.synthesis.synthesis_mode == "decoding" else None)
     run_mode(hp, run_logs, masks,
              reconstruct=lambda output_dir, masks: reconstruct(hp, model, params, output_dir, masks,
-                                                               posterior_temperature),
-             generate=lambda output_dir: generate(hp, model, params, output_dir),
-             compute_div_stats=lambda: compute_div_stats(hp, model, params),
-             encode=lambda masks: encode(hp, model, params, masks, posterior_temperature),
-             decode=lambda output_dir: decode(hp, model, params, encodings, output_dir))
-    if inception_weights is not None:
+                                                               posterior_temperature, mesh),
+             generate=lambda output_dir: generate(hp, model, params, output_dir, mesh),
+             compute_div_stats=lambda: compute_div_stats(hp, model, params, mesh),
+             encode=lambda masks: encode(hp, model, params, masks, posterior_temperature, mesh),
+             decode=lambda output_dir: decode(hp, model, params, encodings, output_dir, mesh),
+             main_process=main)
+    if inception_weights is not None and main:
         # The metric is pytorch-fid's (torch, on the CPU), on the PNGs generation wrote.
         write_generation_fids(hp, inception_weights, generated_folders(hp, run_logs), synthesis_images(hp))
 

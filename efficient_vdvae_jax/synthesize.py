@@ -1,4 +1,4 @@
-"""Inference with a trained JAX Efficient-VDVAE run (SPEC.md section 8), on one device.
+"""Inference with a trained JAX Efficient-VDVAE run (SPEC.md section 8), on every device.
 
     python synthesize.py [--config FILE] [--set section.key=value ...] [--posterior-means]
 
@@ -22,6 +22,13 @@ selects the mode:
   default logs-<name>/latents/encodings.npz) per temperature setting under
   logs-<name>/synthesis-images/decoded/<setting>/.
 
+Every mode runs on all local devices (the mesh of training); launched as
+several JAX processes (the environment of efficient_vdvae_jax/distributed.py:
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or SLURM / Open
+MPI), on every process's devices, each process reading its share of every
+batch and process 0 writing every file. The numbers and files do not depend
+on the device count (efficient_vdvae_common.synthesis_shards).
+
 Outputs and names are those of efficient_vdvae_torch/synthesize.py. Bad
 configuration, a missing checkpoint, div_stats or encodings file, a checkpoint with
 non-finite weights or outputs, a full or read-only disk: one line, exit 2, nothing written.
@@ -44,6 +51,7 @@ from efficient_vdvae_common.fid import FIDError  # noqa: E402
 from efficient_vdvae_common.model_health import BrokenModelError  # noqa: E402
 from efficient_vdvae_common.variate_masks import DivStatsError  # noqa: E402
 from efficient_vdvae_jax.checkpoints import CheckpointError  # noqa: E402
+from efficient_vdvae_jax.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from efficient_vdvae_jax.synthesis import run_synthesis  # noqa: E402
 from hparams import ConfigError  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
@@ -53,8 +61,8 @@ EXIT_BAD_INPUT = 2
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Efficient-VDVAE (JAX) inference: reconstruction, generation, "
-                                                 "div_stats, encoding or decoding (synthesis.synthesis_mode). Runs on one "
-                                                 "device (the first of jax.devices()) even when several exist.")
+                                                 "div_stats, encoding or decoding (synthesis.synthesis_mode), on every "
+                                                 "device (and every process of a multi-process launch).")
     parser.add_argument("--posterior-means", action="store_true",
                         help="reconstruction and encoding: take the posterior means instead of sampled latents "
                              "(repeatable images; the printed NELBO is then not the sampled bound; "
@@ -65,12 +73,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("", argv, parser=_parser())
     hp = load_config_or_exit(args, save=False)
+    # Before anything touches a device: joins the process group the environment describes, if any.
+    init_distributed()
     try:
         run_synthesis(hp, posterior_temperature=0.0 if args.posterior_means else 1.0)
     except (BrokenModelError, CheckpointError, ConfigError, DataError, DiskWriteError, DivStatsError,
             EncodingsError, FIDError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        shutdown_distributed()
     return 0
 
 

@@ -1,6 +1,8 @@
 """Inference with a trained PyTorch Efficient-VDVAE run (SPEC.md section 8).
 
     python synthesize.py [--config FILE] [--set section.key=value ...]
+    sh synthesize.sh [same arguments]          # one process per GPU (torchrun)
+    torchrun --nproc_per_node=N synthesize.py [same arguments]
 
 Run it from the folder that holds the run's logs-<name>/ and
 checkpoints-<name>; the run's saved logs-<name>/hparams-<name>.cfg is used
@@ -21,6 +23,10 @@ selects the mode:
 - decoding: images from an encodings file (synthesis.decoding_encodings_path,
   default logs-<name>/latents/encodings.npz) per temperature setting under
   logs-<name>/synthesis-images/decoded/<setting>/.
+
+Under torchrun every mode splits each batch over the ranks (gloo on CPUs,
+NCCL on GPUs); the numbers and files equal those of one process, and rank 0
+alone writes and prints.
 
 Bad configuration, a missing checkpoint, div_stats or encodings file, a checkpoint with
 non-finite weights or outputs, a full or read-only disk: one line, exit 2, nothing written.
@@ -43,7 +49,8 @@ from efficient_vdvae_common.fid import FIDError  # noqa: E402
 from efficient_vdvae_common.model_health import BrokenModelError  # noqa: E402
 from efficient_vdvae_common.variate_masks import DivStatsError  # noqa: E402
 from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
-from efficient_vdvae_torch.synthesis import run_synthesis  # noqa: E402
+from efficient_vdvae_torch.distributed import shutdown_distributed  # noqa: E402
+from efficient_vdvae_torch.synthesis import init_synthesis_ranks, run_synthesis  # noqa: E402
 from hparams import ConfigError  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
 
@@ -63,12 +70,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("", argv, parser=_parser())
     hp = load_config_or_exit(args, save=False)
+    device = init_synthesis_ranks(hp)
     try:
-        run_synthesis(hp, posterior_temperature=0.0 if args.posterior_means else 1.0)
+        run_synthesis(hp, device, posterior_temperature=0.0 if args.posterior_means else 1.0)
     except (BrokenModelError, CheckpointError, ConfigError, DataError, DiskWriteError, DivStatsError,
             EncodingsError, FIDError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        shutdown_distributed()
     return 0
 
 

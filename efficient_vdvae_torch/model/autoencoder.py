@@ -76,14 +76,15 @@ class TopDown(nn.Module):
 
     def forward(self, skips: list[torch.Tensor], posterior_temperature: float = 1.0,
                 variate_masks: Sequence[torch.Tensor | None] | None = None,
-                noise: Sequence[torch.Tensor] | None = None
+                noise: Sequence[torch.Tensor] | None = None, prior_noise: Sequence[torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, list[LatentStats], list[LatentStats]]:
         y = self.trainable_h.expand(skips[0].shape[0], -1, -1, -1)
         posterior_stats, prior_stats = [], []
         for g, (i, block) in enumerate(self._blocks()):
             y, post, prior = block(skips[i], y, posterior_temperature,
                                    variate_mask=None if variate_masks is None else variate_masks[g],
-                                   noise=None if noise is None else noise[g])
+                                   noise=None if noise is None else noise[g],
+                                   prior_noise=None if prior_noise is None else prior_noise[g])
             posterior_stats.append(post)
             prior_stats.append(prior)
         return self.output_conv(y), posterior_stats, prior_stats
@@ -99,10 +100,11 @@ class TopDown(nn.Module):
         return self.output_conv(y), zs
 
     def decode(self, latents: Sequence[torch.Tensor], variate_masks: Sequence[torch.Tensor],
-               temperatures: Sequence[float]) -> torch.Tensor:
+               temperatures: Sequence[float], prior_noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         y = self.trainable_h.expand(latents[0].shape[0], -1, -1, -1)
         for g, (_, block) in enumerate(self._blocks()):
-            y = block.decode(y, temperatures[g], latents[g], variate_masks[g])
+            y = block.decode(y, temperatures[g], latents[g], variate_masks[g],
+                             None if prior_noise is None else prior_noise[g])
         return self.output_conv(y)
 
 
@@ -124,19 +126,20 @@ class UniversalAutoEncoder(nn.Module):
         self.top_down = TopDown(hp)
 
     def forward(self, x: torch.Tensor, variate_masks: Sequence | None = None, posterior_temperature: float = 1.0,
-                noise: Sequence[torch.Tensor] | None = None
+                noise: Sequence[torch.Tensor] | None = None, prior_noise: Sequence[torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, list[LatentStats], list[LatentStats]]:
         """(logits, posterior stats, prior stats), stats per latent group in top-down order.
 
         variate_masks: None, or L masks of shape (variates,) with values in {0, 1}
         (None entries leave a group unmasked): masked-off variates use a prior
         sample. posterior_temperature scales the posterior std (0: the means).
-        noise: optional L standard-normal tensors used as the posterior eps.
+        noise: optional L standard-normal tensors used as the posterior eps; prior_noise: the same for
+        the prior samples of masked-off variates (synthesis draws both per image).
         """
         masks = self._as_masks(variate_masks, x.device)
         if noise is not None and len(noise) != self.num_groups:
             raise ValueError(f"noise: expected {self.num_groups} tensors (one per latent group), got {len(noise)}")
-        return self.top_down(self.bottom_up(x), posterior_temperature, masks, noise)
+        return self.top_down(self.bottom_up(x), posterior_temperature, masks, noise, prior_noise)
 
     def _as_masks(self, variate_masks, device) -> list[torch.Tensor | None] | None:
         if variate_masks is None:
@@ -159,14 +162,15 @@ class UniversalAutoEncoder(nn.Module):
                                                noise)
 
     @torch.no_grad()
-    def decode(self, latents: Sequence[torch.Tensor], variate_masks: Sequence, temperatures: Sequence[float] | float
-               ) -> torch.Tensor:
+    def decode(self, latents: Sequence[torch.Tensor], variate_masks: Sequence, temperatures: Sequence[float] | float,
+               prior_noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Logits of images from given latents (decoding mode, SPEC.md section 8).
 
         latents: L tensors (B, variates, H, W), one per group in top-down order;
         variate_masks: L masks (variates,) in {0, 1}: where 1 the group's z is
         the given latent, where 0 a prior sample at the group's top-level block's
-        temperature (one temperature per top-level block, or one for all).
+        temperature (one temperature per top-level block, or one for all), its eps from
+        `prior_noise` (L tensors shaped like `latents`) when given.
         """
         temperatures = per_group_temperatures(temperatures, self.blocks_per_level)
         if len(latents) != self.num_groups or len(variate_masks) != self.num_groups:
@@ -174,7 +178,7 @@ class UniversalAutoEncoder(nn.Module):
                              f"got {len(latents)} and {len(variate_masks)}")
         device = self.top_down.trainable_h.device
         return self.top_down.decode([torch.as_tensor(z, device=device) for z in latents],
-                                    self._as_masks(variate_masks, device), temperatures)
+                                    self._as_masks(variate_masks, device), temperatures, prior_noise)
 
     @torch.no_grad()
     def sample_output(self, logits: torch.Tensor, temperature: float | None = None,

@@ -177,9 +177,10 @@ class LevelBlockDown(nn.Module):
         return self.residual_block(y)
 
     def forward(self, x_skip: torch.Tensor, y: torch.Tensor, posterior_temperature: float = 1.0,
-                variate_mask: torch.Tensor | None = None, noise: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, LatentStats, LatentStats]:
-        """One latent group of the inference pass; `noise` overrides the posterior's eps."""
+                variate_mask: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                prior_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, LatentStats, LatentStats]:
+        """One latent group of the inference pass; `noise` overrides the posterior's eps, `prior_noise` the
+        eps of the masked-off variates' prior sample."""
         y, kl_residual, prior_stats = self._prior(y)
         y_post = self.posterior_net(torch.cat([y, x_skip], dim=1))
         posterior_stats = self.posterior_layer(
@@ -187,7 +188,7 @@ class LevelBlockDown(nn.Module):
         z = self.posterior_layer.sample(posterior_stats, posterior_temperature, noise)
         if variate_mask is not None:
             # Inference only: turned-off variates take a prior sample instead.
-            z_prior = self.prior_layer.sample(prior_stats)
+            z_prior = self.prior_layer.sample(prior_stats, 1.0, prior_noise)
             mask = variate_mask.to(dtype=z.dtype, device=z.device)[None, :, None, None]
             z = mask * z + (1.0 - mask) * z_prior
         return self._merge(y, kl_residual, z), posterior_stats, prior_stats
@@ -199,15 +200,15 @@ class LevelBlockDown(nn.Module):
         z = self.prior_layer.sample(prior_stats, temperature, noise)
         return self._merge(y, kl_residual, z), z
 
-    def decode(self, y: torch.Tensor, temperature: float, latent: torch.Tensor, variate_mask: torch.Tensor
-               ) -> torch.Tensor:
+    def decode(self, y: torch.Tensor, temperature: float, latent: torch.Tensor, variate_mask: torch.Tensor,
+               prior_noise: torch.Tensor | None = None) -> torch.Tensor:
         """Decoding: z is `latent` where `variate_mask` is 1, a prior sample at `temperature` elsewhere.
 
         The mix is that of masked inference (forward), so a latent equal to the
         posterior mean gives the same y as reconstruction from posterior means.
         """
         y, kl_residual, prior_stats = self._prior(y)
-        z_prior = self.prior_layer.sample(prior_stats, temperature)
+        z_prior = self.prior_layer.sample(prior_stats, temperature, prior_noise)
         mask = variate_mask.to(dtype=z_prior.dtype, device=z_prior.device)[None, :, None, None]
         z = mask * latent.to(dtype=z_prior.dtype, device=z_prior.device) + (1.0 - mask) * z_prior
         return self._merge(y, kl_residual, z)
