@@ -16,14 +16,17 @@ class Source:
     binarized: bool = False  # binarized MNIST: {0,1} pixels, padded to 32x32, no [-1,1] scaling
     crop_raw_celeba: bool = False
     model_input_shape: tuple[int, int, int] | None = None  # fixed (H, W, C) of the official sets
+    channels: int | None = 3  # the images' channel count; None: the user's folder decides
+
 
 
 SOURCES: dict[str, Source] = {
-    "binarized_mnist": Source("official", official_name="mnist", binarized=True, model_input_shape=(32, 32, 1)),
+    "binarized_mnist": Source("official", official_name="mnist", binarized=True, model_input_shape=(32, 32, 1),
+                              channels=1),
     "cifar-10": Source("official", official_name="cifar10", model_input_shape=(32, 32, 3)),
     "imagenet": Source("npz"),
     "celebA": Source("folder", crop_raw_celeba=True),
     "celebAHQ": Source("folder"),
     "ffhq": Source("folder"),
-    "custom": Source("folder"),
+    "custom": Source("folder", channels=None),
 }

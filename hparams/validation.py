@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from efficient_vdvae_common.sources import SOURCES
+
 from .errors import ConfigError, short_repr
 
 UP_LISTS = (
@@ -81,12 +83,13 @@ def _check_architecture(model: Callable[[str], Any], get: Callable[[str, str], A
 
 def _check_data(get: Callable[[str, str], Any]) -> None:
     source, channels = get("data", "dataset_source"), get("data", "channels")
-    if source == "binarized_mnist" and channels != 1:
-        _fail("data", "channels", channels, "binarized_mnist images have 1 channel")
-    if source in ("cifar-10", "imagenet", "celebA", "celebAHQ", "ffhq") and channels != 3:
-        _fail("data", "channels", channels, f"{source} images have 3 channels")
-    if source == "binarized_mnist" and get("data", "target_res") != 32:
-        _fail("data", "target_res", get("data", "target_res"), "binarized_mnist is padded to 32x32")
+    known = SOURCES[source]
+    if known.channels is not None and channels != known.channels:
+        _fail("data", "channels", channels, f"{source} images have {known.channels} channel{'s' * (known.channels > 1)}")
+    if known.model_input_shape is not None and get("data", "target_res") != known.model_input_shape[0]:
+        resolution = known.model_input_shape[0]
+        how = "padded to" if known.binarized else "images are"
+        _fail("data", "target_res", get("data", "target_res"), f"{source} {how} {resolution}x{resolution}")
     num_bits = get("data", "num_bits")
     if not (1 <= num_bits <= 8 and float(num_bits).is_integer()):
         _fail("data", "num_bits", num_bits, "must be a whole number of bits from 1 to 8")
