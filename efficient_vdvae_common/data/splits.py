@@ -48,8 +48,13 @@ def get_source(hp: Any) -> Source:
     name = hp.data.dataset_source
     if name not in SOURCES:
         raise DataError(f"data.dataset_source: unknown source {name!r}; expected one of {sorted(SOURCES)}")
-    # hparams validation has already matched target_res and channels to the source (SOURCES).
-    return SOURCES[name]
+    source = SOURCES[name]
+    configured = (hp.data.target_res, hp.data.target_res, hp.data.channels)
+    if source.model_input_shape is not None and configured != source.model_input_shape:
+        resolution, _, channels = source.model_input_shape
+        raise DataError(f"data.dataset_source={name!r} needs data.target_res={resolution} and data.channels={channels}, "
+                        f"got {hp.data.target_res} and {hp.data.channels}")
+    return source
 
 
 def _crop_if_raw_celeba(image):

@@ -4,7 +4,6 @@ import pytest
 
 from efficient_vdvae_common.data import DataError, OfficialImages, build_split
 from efficient_vdvae_common.data.splits import div_stats_indices, official_test_indices
-from hparams import ConfigError
 
 
 def test_official_test_halves_follow_the_randomstate_101_permutation():
@@ -74,6 +73,5 @@ def test_flips_only_in_training(folder_config):
 def test_unknown_split_and_wrong_shape_are_named(make_config):
     with pytest.raises(ValueError, match="split 'test'"):
         build_split(make_config(), "test")
-    # A fixed-size source refuses another size when the configuration is read, naming the key.
-    with pytest.raises(ConfigError, match=r"\[data\] target_res = 64: cifar-10 images are 32x32"):
-        make_config("data.target_res=64")
+    with pytest.raises(DataError, match="needs data.target_res=32 and data.channels=3"):
+        build_split(make_config("data.target_res=64"), "val", lambda name: _official())
