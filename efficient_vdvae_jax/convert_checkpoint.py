@@ -46,6 +46,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from efficient_vdvae_common.disk_errors import DiskWriteError  # noqa: E402
 from efficient_vdvae_common.parameter_layouts import (  # noqa: E402,F401  (re-exported)
     first_shape_mismatch, flax_params_to_torch_state_dict, flax_path_to_torch_key, mol_channel_permutation,
     torch_key_to_flax_path, torch_state_dict_to_flax_params)
@@ -423,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             converted = torch_checkpoint_to_jax(hp, args.source, args.destination, force=args.force)
         else:
             converted = jax_checkpoint_to_torch(hp, args.source, args.destination, step=args.step, force=args.force)
-    except (ConversionError, JaxCheckpointError, TorchCheckpointError) as error:
+    except (ConversionError, JaxCheckpointError, TorchCheckpointError, DiskWriteError) as error:
         print(f"convert_checkpoint: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONVERSION_ERROR) from None
     print(converted.summary())

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import numpy as np
 from PIL import Image
 
+from efficient_vdvae_common.atomic_files import atomic_binary_file
 from efficient_vdvae_common.data.decoding import open_8bit
 from efficient_vdvae_common.data.errors import CorruptImageError, DataError, NotAFolderError
 from efficient_vdvae_common.data.preprocessing import resize_image
@@ -147,10 +148,9 @@ def _memmap_compressed_npz_member(path: Path, key: str, cache_dir: Path) -> np.n
         cache_dir.mkdir(parents=True, exist_ok=True)
         with np.load(path) as archive:  # one file at a time: a few GB at most
             array = archive[key]
-        partial = cache.with_name(f"{cache.name}.partial{os.getpid()}")
-        with open(partial, "wb") as f:  # a file object: np.save would append '.npy' to a name
-            np.save(f, array)
-        os.replace(partial, cache)
+        # A file object: np.save would append '.npy' to a name. Atomic: a full disk leaves no partial cache.
+        with atomic_binary_file(cache) as stream:
+            np.save(stream, array)
     return np.load(cache, mmap_mode="r")
 
 
