@@ -29,6 +29,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
@@ -287,7 +288,9 @@ def train_state_from_original(original: OriginalJaxState, abstract_state: TrainS
     state = TrainState(step=jnp.asarray(original.step, jnp.int32), params=_as_jax(original.flax_tree("params")),
                        ema_params=_as_jax(original.flax_tree("ema_params")), opt_state=opt_state,
                        skipped_updates=jnp.zeros((), jnp.int32))
-    return jax.tree.map(lambda leaf, like: jax.device_put(leaf.astype(like.dtype), like.sharding),
+    # Through host memory: jax.device_put of an array already on a device breaks across processes; every
+    # process read the same file, so each places the same values on its devices of the sharding.
+    return jax.tree.map(lambda leaf, like: jax.device_put(np.asarray(leaf, dtype=like.dtype), like.sharding),
                         state, abstract_state)
 
 

@@ -15,9 +15,16 @@ When to join a group (`init_distributed`), before anything touches a JAX device:
 - JAX_DISTRIBUTED=1 forces `jax.distributed.initialize()` with everything
   auto-detected (e.g. Cloud TPU pods), JAX_DISTRIBUTED=0 forbids it.
 Processes on CPUs exchange data over gloo (the CPU collectives).
+
+A lost process: when another process dies (its sockets close), the next
+collective fails at once and `is_lost_process_error` recognises the error;
+a process that hangs or becomes unreachable stops sending heartbeats to the
+coordination service, which ends every other process after the heartbeat
+timeout (run.distributed_timeout_seconds, see `init_distributed`).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -63,18 +70,37 @@ def _launched_as_several_processes() -> bool:
     return (_env_int("OMPI_COMM_WORLD_SIZE") or 1) > 1
 
 
-def init_distributed() -> DistributedContext:
-    """Join the process group the environment describes (if any); call before any other JAX use."""
+def init_distributed(timeout_seconds: float | None = None) -> DistributedContext:
+    """Join the process group the environment describes (if any); call before any other JAX use.
+
+    `timeout_seconds` (run.distributed_timeout_seconds) is the coordination service's heartbeat
+    timeout: a process not heard from for that long is declared dead and the service ends all others
+    (jax's own fatal message). None: jax's default (100 s).
+    """
     if jax.distributed.is_initialized():
         return DistributedContext(rank=jax.process_index(), world_size=jax.process_count())
     if not _launched_as_several_processes():
         return DistributedContext(rank=0, world_size=1)
     # Without it, XLA's CPU client cannot run a computation that spans processes.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeouts = {} if timeout_seconds is None else {"heartbeat_timeout_seconds": max(1, math.ceil(timeout_seconds))}
     jax.distributed.initialize(coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS") or None,
                                num_processes=_env_int("JAX_NUM_PROCESSES"),
-                               process_id=_env_int("JAX_PROCESS_ID"))
+                               process_id=_env_int("JAX_PROCESS_ID"), **timeouts)
     return DistributedContext(rank=jax.process_index(), world_size=jax.process_count())
+
+
+# What a collective or the coordination service says when another process died or cannot be reached
+# (gloo over TCP; gRPC statuses of the coordination service).
+_LOST_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport",
+                      "UNAVAILABLE", "DEADLINE_EXCEEDED", "heartbeat")
+
+
+def is_lost_process_error(error: BaseException) -> bool:
+    """A collective failed because another process (or its host) stopped answering: crashed, killed or lost."""
+    if not is_distributed() or not isinstance(error, (RuntimeError, ValueError)):
+        return False  # jax raises JaxRuntimeError (a RuntimeError) or, for some gloo failures, ValueError
+    return any(marker in str(error) for marker in _LOST_PEER_MARKERS)
 
 
 def is_distributed() -> bool:
@@ -101,6 +127,14 @@ def any_rank(flag: bool) -> bool:
     if not is_distributed():
         return flag
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def gather_ints(values: list[int]) -> list[list[int]]:
+    """Every process's `values` (same length on all), indexed by process; [values] for a single process."""
+    if not is_distributed():
+        return [list(values)]
+    gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
+    return [[int(v) for v in row] for row in np.reshape(gathered, (jax.process_count(), len(values)))]
 
 
 # ---- The mesh and how arrays are laid out on it.

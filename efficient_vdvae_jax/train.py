@@ -13,6 +13,7 @@ JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or under `srun`/`mpirun`
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,11 +26,13 @@ import jax  # noqa: E402
 
 from efficient_vdvae_common.data import DataError  # noqa: E402
 from efficient_vdvae_common.disk_errors import DiskWriteError  # noqa: E402
+from efficient_vdvae_common.lost_process import EXIT_LOST_PROCESS, lost_process_message  # noqa: E402
 from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 from efficient_vdvae_jax.checkpoints import CheckpointError  # noqa: E402
-from efficient_vdvae_jax.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from efficient_vdvae_jax.distributed import (init_distributed, is_lost_process_error,  # noqa: E402
+                                             shutdown_distributed)
 from efficient_vdvae_jax.trainer import Trainer  # noqa: E402
-from hparams import ConfigError  # noqa: E402
+from hparams import ConfigError, checkpoints_path  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
 from hparams.saved_run import saved_config_path  # noqa: E402
 
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args("Train Efficient-VDVAE (JAX).", argv)
     hp = load_config_or_exit(args, save=False)
     try:
-        context = init_distributed()  # before anything touches a device
+        context = init_distributed(hp.run.distributed_timeout_seconds)  # before anything touches a device
     except (ValueError, RuntimeError) as error:
         print(f"error: cannot join the multi-process run (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
               f"JAX_PROCESS_ID): {error}", file=sys.stderr)
@@ -51,6 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_distributed()
 
 
+def _exit_lost_process(hp, trainer: Trainer | None, error: BaseException) -> None:
+    """The message, then exit at once: an orderly exit would wait at jax's shutdown barrier for the lost
+    process until the heartbeat timeout, and then be aborted by jax."""
+    saved = trainer.saved_progress if trainer is not None else None
+    print("error: " + lost_process_message(jax.process_index(), jax.process_count(),
+                                           hp.run.distributed_timeout_seconds, error,
+                                           checkpoints_path(hp.run.name),
+                                           saved.global_step if saved else None),
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_LOST_PROCESS)
+
+
 def _train(args, hp, is_main: bool) -> int:
     num_devices = jax.local_device_count()
     if hp.run.num_gpus != num_devices and is_main:
@@ -58,6 +74,7 @@ def _train(args, hp, is_main: bool) -> int:
         print(f"note: run.num_gpus = {hp.run.num_gpus} but {num_devices} {jax.default_backend()} device(s){where} "
               f"are used; the global batch train.batch_size = {hp.train.batch_size} is split over them.",
               flush=True)
+    trainer = None
     try:
         trainer = Trainer(hp)
         # Save the run's config only once data and checkpoint are known to be usable, so that a
@@ -71,6 +88,10 @@ def _train(args, hp, is_main: bool) -> int:
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
+    except (RuntimeError, ValueError) as error:
+        if not is_lost_process_error(error):
+            raise
+        _exit_lost_process(hp, trainer, error)
     return 0
 
 

@@ -36,7 +36,7 @@ from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDi
                                                  per_group_scalars, train_scalars)
 from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, TrainingProgress, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
-from efficient_vdvae_jax.distributed import (any_rank, gather_local, global_mesh, is_main_process,
+from efficient_vdvae_jax.distributed import (any_rank, gather_ints, gather_local, global_mesh, is_main_process,
                                              local_device_range, replicate, replicated_sharding, shard_batch,
                                              to_host)
 from efficient_vdvae_jax.distributed import local_mesh  # noqa: F401 (imported from here by synthesis)
@@ -180,6 +180,27 @@ def non_finite_weights(state: TrainState) -> str | None:
     return " and ".join(bad) or None
 
 
+def check_same_start(values: list[int], what: str, directory: Path) -> None:
+    """Every process resumes from the same checkpoint; on several hosts that needs one shared run folder.
+
+    `values` (this process's newest checkpoint number, -1 for none; or its restored progress) are compared
+    across processes before anything is restored: a host that does not see process 0's checkpoints would
+    start from scratch, and the others restore collectively, waiting for it.
+    """
+    per_process = gather_ints(values)
+    differing = [process for process, row in enumerate(per_process) if row != per_process[0]]
+    if differing:
+        def shown(row: list[int]) -> str:
+            return "none" if row[0] < 0 else str(row[0])
+
+        process = differing[0]
+        raise CheckpointError(
+            f"the training processes do not resume from the same checkpoint {directory}: process 0's {what} is "
+            f"{shown(per_process[0])}, process {process}'s {shown(per_process[process])}, {len(differing)} "
+            "process(es) differ. Every host must see the same run folders (checkpoints-<name>, logs-<name>): "
+            "start train.py on every host from one directory of a shared filesystem")
+
+
 def abstract_train_state(hp: Any, model: UniversalAutoEncoder, sharding: NamedSharding) -> TrainState:
     """Shapes, dtypes and the (replicated) sharding of the train state, without computing it."""
     def fresh_state(rng):
@@ -224,12 +245,17 @@ class Trainer:
     def _initial_state(self) -> tuple[TrainState, TrainingProgress]:
         """The latest checkpoint's state (EMA weights as params with train.resume_from_ema), or a fresh one."""
         hp, replicated = self.hp, replicated_sharding(self.mesh)
-        if self.checkpoints.latest() is None:
+        newest = self.checkpoints.latest()
+        check_same_start([-1 if newest is None else newest], "newest checkpoint", self.checkpoints.directory)
+        if newest is None:
             params = init_params(hp, self.model, jax.random.PRNGKey(hp.run.seed))
             return replicate(self.mesh, create_train_state(hp, params)), TrainingProgress()
         # Only the trainer (process 0: the folder is shared) moves a damaged step aside: it writes new ones there.
         state, progress = self.checkpoints.restore(abstract_train_state(hp, self.model, replicated),
                                                    move_unreadable_aside=jax.process_index() == 0)
+        # A damaged step seen by one host alone makes it fall back further than the others.
+        check_same_start([progress.global_step, progress.gradient_skip_count, progress.data_epoch,
+                          progress.data_batch], "restored step", self.checkpoints.directory)
         if hp.train.resume_from_ema:
             state = state.replace(params=jax.tree.map(jnp.copy, state.ema_params))
         return state, progress

@@ -4,7 +4,10 @@ Two `train.py` processes of one CPU device each join through jax.distributed on
 127.0.0.1 (gloo CPU collectives) and train the tiny config; one process with two
 forced CPU devices at the same global batch and seed is the reference. The two
 must agree after the same steps (weights, validation), checkpoints must move
-between the two layouts, and a stop signal to one process must stop both.
+between the two layouts (an original-JAX checkpoint too), a stop signal to one
+process must stop both, a killed process must end the other (exit 4, one
+message) with a checkpoint both resume from, and processes that see different
+checkpoints (no shared folder) must refuse to start (exit 2).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from hparams import load_config
 from tests.conftest import REFERENCE_CONFIG
 from tests.jax_training.conftest import check, jax_env, run_training, train_command
 
+LOST_PROCESS = "lost contact with another training process"
+
 pytestmark = pytest.mark.slow
 
 # Cross-process and in-process all-reduces may sum in another order: float32 rounding, no more.
@@ -40,16 +45,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_processes(overrides: list[str], cwd: Path, count: int = 2) -> list[subprocess.Popen]:
-    """`count` train.py processes of one CPU device each, joined on 127.0.0.1; stderr in cwd/stderr-<rank>."""
+def _start_processes(overrides: list[str], cwd: Path, count: int = 2, cwds: list[Path] | None = None
+                     ) -> list[subprocess.Popen]:
+    """`count` train.py processes of one CPU device each, joined on 127.0.0.1, in `cwds` (default: all in
+    `cwd`); stderr in cwd/stderr-<rank>."""
     address = f"127.0.0.1:{_free_port()}"
     processes = []
     for rank in range(count):
         with open(cwd / f"stderr-{rank}", "w") as stderr:  # a file: a full pipe would block the process
             processes.append(subprocess.Popen(
-                train_command(overrides), cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                env={**jax_env(1), "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": str(count),
-                     "JAX_PROCESS_ID": str(rank)}))
+                train_command(overrides), cwd=cwds[rank] if cwds else cwd, stdout=subprocess.PIPE, stderr=stderr,
+                text=True, env={**jax_env(1), "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": str(count),
+                                "JAX_PROCESS_ID": str(rank)}))
     return processes
 
 
@@ -183,3 +190,104 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(multihost_overrides,
     _, progress = _restore(hp, tmp_path / "checkpoints-stop")
     assert progress.global_step == int(stopped.group(1)) > 0
     assert "SIGTERM received" in results[1].stderr
+
+
+def _read_until(process: subprocess.Popen, text: str, timeout: float = 500) -> str:
+    """process 0's output up to the first line starting with `text` (it prints a train line per step)."""
+    deadline, seen = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline and process.poll() is None:
+        line = process.stdout.readline()
+        seen += line
+        if line.startswith(text):
+            return seen
+    raise AssertionError(f"process 0 exited ({process.poll()}) or took too long before {text!r}:\n{seen[-2000:]}")
+
+
+@pytest.mark.parametrize("dying", [1, 0])  # process 0 also hosts jax's coordination service
+def test_a_lost_process_ends_the_run_and_both_resume(multihost_overrides, tmp_path, dying):
+    """SIGKILL to one process mid-run (a host that dies): the other stops soon with the lost-process
+    message and exit 4, keeping the last checkpoint; the same command on both resumes from it."""
+    timeout = 60
+    # Checkpoints every 4 steps, killed after step 5: the kill falls between two checkpoints.
+    overrides = multihost_overrides("lost", 100_000, "train.checkpoint_and_eval_interval_in_steps=4",
+                                    f"run.distributed_timeout_seconds={timeout}")
+    processes = _start_processes(overrides, tmp_path)
+    try:
+        _read_until(processes[0], "step 5/100000 |")
+        victim, survivor = processes[dying], processes[1 - dying]
+        victim.kill()
+        killed = time.monotonic()
+        returncode = survivor.wait(timeout=timeout + 120)
+        seconds = time.monotonic() - killed
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    stderr = (tmp_path / f"stderr-{1 - dying}").read_text()
+    assert returncode == 4, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and LOST_PROCESS in errors[0], stderr[-3000:]
+    assert f"rank {1 - dying} of 2" in errors[0]
+    assert f"run.distributed_timeout_seconds = {timeout} s" in errors[0]
+    hp = load_config(REFERENCE_CONFIG, overrides=overrides)
+    _, progress = _restore(hp, tmp_path / "checkpoints-lost")
+    step = progress.global_step
+    assert step >= 4 and step % 4 == 0
+    assert f"checkpoint {Path('checkpoints-lost')} (step {step}) is kept" in errors[0]
+    print(f"process {1 - dying} stopped {seconds:.1f} s after process {dying} was killed (timeout {timeout} s), "
+          f"checkpoint at step {step}")
+    assert seconds < timeout
+
+    main, _ = run_two_processes(multihost_overrides("lost", step + 2, "train.checkpoint_and_eval_interval_in_steps=4"),
+                                tmp_path)
+    assert f"resuming run 'lost' at step {step}" in main.stdout
+    assert f"finished at step {step + 2}" in main.stdout
+    _, progress = _restore(hp, tmp_path / "checkpoints-lost")
+    assert progress.global_step == step + 2
+
+
+def test_processes_that_do_not_share_the_run_folder_are_refused(multihost_overrides, tmp_path):
+    """Process 0 sees a checkpoint, process 1 (another host, no shared filesystem) does not: resuming
+    would train process 1 from fresh optimiser state and step 0 (and orbax restores collectively).
+    Both stop with exit 2 and one message naming the checkpoint folder, before any update."""
+    host0, host1, logs = tmp_path / "host0", tmp_path / "host1", tmp_path / "logs"
+    for folder in (host0, host1, logs):
+        folder.mkdir()
+    check(run_training(multihost_overrides("unshared", 1), host0))
+    results = _finish(_start_processes(multihost_overrides("unshared", 3), logs, cwds=[host0, host1]), logs)
+    for result in results:
+        assert result.returncode == 2, f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, result.stderr[-3000:]
+        assert "do not resume from the same checkpoint" in errors[0] and "shared filesystem" in errors[0]
+        assert "process 0's newest checkpoint is 1, process 1's none" in errors[0]
+    hp = load_config(REFERENCE_CONFIG, overrides=multihost_overrides("unshared", 1))
+    assert _restore(hp, host0 / "checkpoints-unshared")[1].global_step == 1
+    assert sorted(host1.rglob("*")) == []
+
+
+def test_two_processes_resume_from_an_original_jax_checkpoint(tmp_path, tmp_path_factory):
+    """The original JAX code's orbax checkpoint, where its README unzips it, resumed by two processes:
+    the converted state goes through host memory onto the global mesh (jax.device_put of arrays
+    already on a device breaks across processes)."""
+    from tests.helpers import numbered_pngs, write_random_pngs
+    from tests.original_jax.conftest import ORIGINAL_JAX_DIR
+    from tests.original_jax.test_original_jax_conversion import restore_jax
+    from tests.original_jax.test_original_jax_resume import place_original
+
+    if not ORIGINAL_JAX_DIR.is_dir():
+        pytest.skip(f"the original-JAX fixture {ORIGINAL_JAX_DIR} is not there")
+    images = tmp_path_factory.mktemp("images32")
+    write_random_pngs(images, numbered_pngs(8), seed=1, size=32)
+    place_original(tmp_path, "orbax")
+    overrides = ["run.name=small", "run.num_cpus=1", "data.dataset_source=custom",
+                 *(f"data.{split}_data_path='{images}'" for split in ("train", "val", "synthesis")),
+                 "train.batch_size=4", "val.batch_size=4", "val.n_samples_for_validation=4", "synthesis.batch_size=4",
+                 "train.total_train_steps=4"]
+    main, other = run_two_processes(overrides, tmp_path)
+    assert "a checkpoint of the original JAX code (step 3)" in main.stdout
+    assert "finished at step 4" in main.stdout and "step 1/" not in main.stdout
+    assert sorted(p.name for p in (tmp_path / "checkpoints-small").iterdir()) == ["4", "checkpoint_3"]
+    state, progress = restore_jax(load_config(REFERENCE_CONFIG, overrides=overrides), tmp_path / "checkpoints-small")
+    assert progress.global_step == 4 and int(state.opt_state[0].count) == 4
