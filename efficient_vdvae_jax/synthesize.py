@@ -39,6 +39,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import jax
+
 # Runnable as a script from any directory, without the editable install.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -73,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("", argv, parser=_parser())
     hp = load_config_or_exit(args, save=False)
-    # Before anything touches a device: joins the process group the environment describes, if any.
+    # Before anything touches a device: joins the process group the environment describes, if any
+    # (a caller that joined one already keeps it).
+    joined_here = not jax.distributed.is_initialized()  # (asking jax.process_count() would start the backend)
     init_distributed()
     try:
         run_synthesis(hp, posterior_temperature=0.0 if args.posterior_means else 1.0)
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
-        shutdown_distributed()
+        if joined_here:
+            shutdown_distributed()
     return 0
 
 

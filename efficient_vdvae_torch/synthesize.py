@@ -49,7 +49,7 @@ from efficient_vdvae_common.fid import FIDError  # noqa: E402
 from efficient_vdvae_common.model_health import BrokenModelError  # noqa: E402
 from efficient_vdvae_common.variate_masks import DivStatsError  # noqa: E402
 from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
-from efficient_vdvae_torch.distributed import shutdown_distributed  # noqa: E402
+from efficient_vdvae_torch.distributed import is_distributed, shutdown_distributed  # noqa: E402
 from efficient_vdvae_torch.synthesis import init_synthesis_ranks, run_synthesis  # noqa: E402
 from hparams import ConfigError  # noqa: E402
 from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("", argv, parser=_parser())
     hp = load_config_or_exit(args, save=False)
+    joined_here = not is_distributed()  # a caller that joined a process group already keeps it
     device = init_synthesis_ranks(hp)
     try:
         run_synthesis(hp, device, posterior_temperature=0.0 if args.posterior_means else 1.0)
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
-        shutdown_distributed()
+        if joined_here:
+            shutdown_distributed()
     return 0
 
 

@@ -1,11 +1,13 @@
-"""Synthesis on several devices (issue 13 item 1): 2 gloo ranks (PyTorch, torchrun through synthesize.sh) and
-2 forced CPU devices (JAX) give the numbers and files of one device, on 5 images in batches of 3 (padded rows,
+"""Synthesis on several devices (issue 13 item 1, issue 15): 2 gloo ranks (PyTorch, torchrun through
+synthesize.sh), 2 forced CPU devices (JAX) and 2 JAX processes of one CPU device each (jax.distributed on
+127.0.0.1) give the numbers and files of one device, on 5 images in batches of 3 (padded rows,
 and a rank/device with no image in the last batch). The layout and the noise premises are checked fast."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SYNTHESIZE = {"torch": REPO_ROOT / "efficient_vdvae_torch" / "synthesize.py",
               "jax": REPO_ROOT / "efficient_vdvae_jax" / "synthesize.py"}
 SYNTHESIZE_SH = REPO_ROOT / "efficient_vdvae_torch" / "synthesize.sh"
-FIXTURES = {"torch": ("tiny_run", "tiny"), "jax": ("jax_run", "tiny_jax")}
+FIXTURES = {"torch": ("tiny_run", "tiny"), "jax": ("jax_run", "tiny_jax"), "jax-processes": ("jax_run", "tiny_jax")}
 NUM_IMAGES = 5
 BATCH = 3  # batches of 3 and 2 images: on 2 devices rows [0 1 | 2 pad] and [0 1 | pad pad]
 
@@ -146,24 +148,53 @@ def _run_torch(name: str, root: Path, modes: list[str], devices: int) -> str:
 JAX_SCRIPT = textwrap.dedent("""
     import sys
     import jax
+    from efficient_vdvae_jax.distributed import init_distributed, shutdown_distributed
     from efficient_vdvae_jax.synthesize import main
+    init_distributed()  # the JAX_COORDINATOR_ADDRESS environment, when set; main() keeps the group
     assert jax.device_count() == int(sys.argv[1]), jax.devices()
     for arguments in sys.argv[2:]:
         assert main(arguments.split("\\x1f")) == 0
+    shutdown_distributed()
 """)
 
 
-def _run_jax(name: str, root: Path, modes: list[str], devices: int) -> str:
-    # One process for the modes: JAX's start-up once; "\\x1f" separates one mode's arguments.
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_jax(name: str, root: Path, modes: list[str], devices: int, processes: int = 1) -> str:
+    """One process per mode list (JAX's start-up once; "\\x1f" separates a mode's arguments); with
+    `processes` > 1, that many processes of devices / processes CPU devices joined on 127.0.0.1."""
     calls = ["\x1f".join(_overrides(name, root, mode)) for mode in modes]
-    result = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(devices), *calls], cwd=root,
-                            env={**jax_env(devices), "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    return result.stdout
+    command = [sys.executable, "-c", JAX_SCRIPT, str(devices), *calls]
+    env = {**jax_env(devices // processes), "PYTHONPATH": str(REPO_ROOT)}
+    if processes == 1:
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        return result.stdout
+    address = f"127.0.0.1:{_free_port()}"
+    started = [subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**env, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": str(processes),
+                                     "JAX_PROCESS_ID": str(rank)}) for rank in range(processes)]
+    try:
+        outputs = [process.communicate(timeout=900) for process in started]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+    for process, (stdout, stderr) in zip(started, outputs):
+        assert process.returncode == 0, f"{stdout[-2000:]}\n{stderr[-4000:]}"
+    assert all("NELBO" not in stdout and "wrote" not in stdout for stdout, _ in outputs[1:])  # process 0 reports
+    return outputs[0][0]
 
 
-RUNNERS = {"torch": _run_torch, "jax": _run_jax}
+def _run_jax_processes(name: str, root: Path, modes: list[str], devices: int) -> str:
+    return _run_jax(name, root, modes, devices, processes=devices)
+
+
+RUNNERS = {"torch": _run_torch, "jax": _run_jax, "jax-processes": _run_jax_processes}
 METRIC = re.compile(r"NELBO (-?[0-9.]+) \| IW-NLL \(K=2\) (-?[0-9.]+) \| reconstruction (-?[0-9.]+) \| "
                     r"KL (-?[0-9.]+) \| SSIM (-?[0-9.]+) \| (\d+) images")
 
@@ -186,8 +217,8 @@ def _outcome(framework: str, run, name: str, root: Path, devices: int) -> dict:
                                                            for p in logs.rglob("*") if p.is_file())}
 
 
-@pytest.mark.slow  # torchrun and two JAX processes compiling every mode: about a minute each
-@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.slow  # torchrun, or JAX processes compiling every mode: 1-3 minutes each
+@pytest.mark.parametrize("framework", ["torch", "jax", "jax-processes"])
 def test_two_devices_give_the_one_device_results(framework, request, tmp_path):
     fixture, name = FIXTURES[framework]
     run = request.getfixturevalue(fixture)
