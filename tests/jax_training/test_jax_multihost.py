@@ -6,7 +6,8 @@ forced CPU devices at the same global batch and seed is the reference. The two
 must agree after the same steps (weights, validation), checkpoints must move
 between the two layouts (an original-JAX checkpoint too), a stop signal to one
 process must stop both, a killed process must end the other (exit 4, one
-message) with a checkpoint both resume from, and processes that see different
+message) with a checkpoint both resume from, a frozen one must be given up on
+after the timeout, and processes that see different
 checkpoints (no shared folder) must refuse to start (exit 2).
 """
 from __future__ import annotations
@@ -291,3 +292,30 @@ def test_two_processes_resume_from_an_original_jax_checkpoint(tmp_path, tmp_path
     assert sorted(p.name for p in (tmp_path / "checkpoints-small").iterdir()) == ["4", "checkpoint_3"]
     state, progress = restore_jax(load_config(REFERENCE_CONFIG, overrides=overrides), tmp_path / "checkpoints-small")
     assert progress.global_step == 4 and int(state.opt_state[0].count) == 4
+
+
+def test_a_process_that_stops_answering_ends_the_run_after_the_timeout(multihost_overrides, tmp_path):
+    """SIGSTOP freezes process 1 with its connections open (a host that hangs or drops off the network):
+    jax.distributed's coordination service misses its heartbeats for run.distributed_timeout_seconds and
+    ends process 0 itself (jax's fatal message, SIGABRT: jax 0.10 offers no hook to say ours) instead of
+    letting it wait for ever in the gradient all-reduce."""
+    timeout = 15
+    overrides = multihost_overrides("frozen", 100_000, "train.checkpoint_and_eval_interval_in_steps=4",
+                                    f"run.distributed_timeout_seconds={timeout}")
+    processes = _start_processes(overrides, tmp_path)
+    try:
+        _read_until(processes[0], "step 5/100000 |")
+        processes[1].send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        returncode = processes[0].wait(timeout=timeout + 120)
+        seconds = time.monotonic() - frozen
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    stderr = (tmp_path / "stderr-0").read_text()
+    assert returncode == -signal.SIGABRT, stderr[-3000:]
+    assert "the JAX distributed service detected fatal errors" in stderr
+    print(f"process 0 stopped {seconds:.1f} s after process 1 froze (timeout {timeout} s)")
+    assert seconds < timeout + 30
