@@ -15,8 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-# group_shapes: imported here by both synthesis modules until they import it from architecture.
-from efficient_vdvae_common.architecture import LN2, group_shapes, image_dims, is_binarized_mnist  # noqa: F401
+from efficient_vdvae_common.architecture import LN2, image_dims, is_binarized_mnist
 from efficient_vdvae_common.model_health import check_finite_outputs
 
 

@@ -35,7 +35,9 @@ from tqdm import tqdm
 
 from efficient_vdvae_common.data import DataError, ImageSplit, build_split, official_data_dir
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
-from efficient_vdvae_common.importance_sampling import batch_bound_sum, group_shapes, sample_passes
+from efficient_vdvae_common.architecture import (LN2, MNIST_CROP, group_shapes, is_binarized_mnist, num_latent_groups,
+                                                num_levels)
+from efficient_vdvae_common.importance_sampling import batch_bound_sum, sample_passes
 from efficient_vdvae_common.image_grids import (ReconstructionGrid, SampleGrid, generation_grid_path,
                                                 reconstruction_grid_path)
 from efficient_vdvae_common.generation_fid import fid_weights, generated_folders, write_generation_fids
@@ -54,16 +56,14 @@ from efficient_vdvae_jax.data.official import load_official_images
 from efficient_vdvae_jax.distributed import (data_sharding, global_mesh, is_main_process, local_device_range,
                                              replicate, replicated_sharding, shard_batch, to_host)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
-from efficient_vdvae_jax.model.autoencoder import num_latent_groups
 from efficient_vdvae_jax.model.latent_layers import stats_to_std
-from efficient_vdvae_jax.model.losses import MNIST_CROP, gaussian_kl, is_binarized_mnist, render_output
+from efficient_vdvae_jax.model.losses import gaussian_kl, render_output
 from efficient_vdvae_jax.model.losses import bernoulli_nll, mol_nll
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.trainer import abstract_train_state
 from hparams.saved_run import logs_dir
 
 SSIM_WINDOW = 11
-LN2 = float(np.log(2.0))
 
 
 def batch_key(seed: int, index: int) -> jax.Array:
@@ -341,7 +341,7 @@ def generate(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str 
     params = on_mesh(mesh, params)
     writing = output_dir is not None and is_main_process()
     settings = hp.synthesis.temperature_settings
-    expanded = expand_temperature_settings(settings, len(hp.model.down_strides))
+    expanded = expand_temperature_settings(settings, num_levels(hp))
     batch_size = hp.synthesis.batch_size
     step = make_generation_step(hp, model, padded_size(batch_size, mesh), mesh)
     binarized = is_binarized_mnist(hp)
@@ -473,7 +473,7 @@ def decode_encodings(hp: Any, model: UniversalAutoEncoder, params: Any, encoding
     step = step or make_decoding_step(hp, model)
     shapes, batch_size = group_shapes(hp), hp.synthesis.batch_size
     padded = padded_size(batch_size, mesh)
-    n_levels = len(hp.model.down_strides)
+    n_levels = num_levels(hp)
     level_temperatures = jnp.asarray([float(temperatures)] * n_levels if isinstance(temperatures, (int, float))
                                      else temperatures, jnp.float32)
     images = []
@@ -505,7 +505,7 @@ def decode(hp: Any, model: UniversalAutoEncoder, params: Any, encodings: Encodin
         return decode_encodings(hp, model, params, part, temperatures, hp.synthesis.decoding_posterior_temperature,
                                 rng, step, first_batch=batch_index, mesh=mesh)
 
-    return write_decoded_images(hp, encodings, output_dir if is_main_process() else None, len(hp.model.down_strides),
+    return write_decoded_images(hp, encodings, output_dir if is_main_process() else None, num_levels(hp),
                                 decode_part, _progress)
 
 

@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from efficient_vdvae_common.data import DataError, ImageSplit, build_split, official_data_dir
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
-from efficient_vdvae_common.importance_sampling import (group_shapes, importance_weighted_nll,
-                                                        nats_to_report_units, sample_passes)
+from efficient_vdvae_common.architecture import MNIST_CROP, group_shapes
+from efficient_vdvae_common.importance_sampling import importance_weighted_nll, nats_to_report_units, sample_passes
 from efficient_vdvae_common.image_grids import (ReconstructionGrid, SampleGrid, generation_grid_path,
                                                 reconstruction_grid_path)
 from efficient_vdvae_common.generation_fid import fid_weights, generated_folders, write_generation_fids
@@ -63,7 +63,7 @@ from efficient_vdvae_torch.distributed import init_distributed, is_distributed
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_torch.model.latent_layers import gaussian_std
 from efficient_vdvae_torch.model.losses import kl_per_variate
-from efficient_vdvae_torch.model.output_distribution import MNIST_CROP, render_output
+from efficient_vdvae_torch.model.output_distribution import render_output
 from efficient_vdvae_torch.model.output_distribution import bernoulli_log_prob, mol_log_prob
 from efficient_vdvae_torch.model.ssim import ssim_per_image
 from hparams.saved_run import logs_dir
