@@ -27,6 +27,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 
+from efficient_vdvae_common.architecture import is_binarized_mnist, num_latent_groups
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
@@ -39,10 +40,8 @@ from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.distributed import (any_rank, gather_ints, gather_local, global_mesh, is_main_process,
                                              local_device_range, replicate, replicated_sharding, shard_batch,
                                              to_host)
-from efficient_vdvae_jax.distributed import local_mesh  # noqa: F401 (imported from here by synthesis)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
-from efficient_vdvae_jax.model.autoencoder import num_latent_groups
-from efficient_vdvae_jax.model.losses import is_binarized_mnist, mol_params, sample_output
+from efficient_vdvae_jax.model.losses import mol_params, sample_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.train_step import TrainState, create_train_state, init_params, make_train_step
 from hparams import ConfigError

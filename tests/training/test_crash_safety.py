@@ -106,7 +106,8 @@ def _last_complete(framework: str, tmp_path: Path, name: str):
             return 0, None
         import jax
         from efficient_vdvae_jax.model import UniversalAutoEncoder
-        from efficient_vdvae_jax.trainer import abstract_train_state, local_mesh
+        from efficient_vdvae_jax.distributed import local_mesh
+        from efficient_vdvae_jax.trainer import abstract_train_state
         from hparams import load_config
         from jax.sharding import NamedSharding, PartitionSpec
         hp = load_config(CONFIG, overrides=_settings(tmp_path, name))
