@@ -16,38 +16,11 @@
 set -eu
 
 SCRIPT_DIR=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
-PYTHON=${PYTHON:-$(command -v python || command -v python3)}
+RDZV_ID_DEFAULT=efficient_vdvae_synthesis
+. "$SCRIPT_DIR/torchrun_env.sh"
 
-if [ -z "${NUM_GPUS_PER_NODE:-}" ]; then
-    NUM_GPUS_PER_NODE=$("$PYTHON" -c "import torch; print(max(1, torch.cuda.device_count()))")
-fi
-case "$NUM_GPUS_PER_NODE" in
-    '' | *[!0-9]* | 0 | 0[0-9]*)
-        echo "error: NUM_GPUS_PER_NODE=$NUM_GPUS_PER_NODE: expected a positive whole number (the processes to start on this machine)" >&2
-        exit 2 ;;
-esac
-case "${NNODES:-1}" in
-    '' | *[!0-9]* | 0 | 0[0-9]*)
-        echo "error: NNODES=$NNODES: expected a positive whole number (the machines of the run)" >&2
-        exit 2 ;;
-esac
-
-if [ "${NNODES:-1}" -gt 1 ]; then
-    : "${NODE_RANK:?set NODE_RANK (0..NNODES-1) for a multi-node run}"
-    : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (node 0) for a multi-node run}"
-    case "$NODE_RANK" in
-        '' | *[!0-9]*) bad_node_rank=1 ;;
-        *) bad_node_rank=$([ "$NODE_RANK" -lt "$NNODES" ] && echo 0 || echo 1) ;;
-    esac
-    if [ "$bad_node_rank" = 1 ]; then
-        echo "error: NODE_RANK=$NODE_RANK: expected 0..$((NNODES - 1)) (this machine among NNODES=$NNODES)" >&2
-        exit 2
-    fi
-    set -- --nnodes="$NNODES" --node_rank="$NODE_RANK" --rdzv_backend=c10d \
-        --rdzv_endpoint="$RDZV_ENDPOINT" --rdzv_id="${RDZV_ID:-efficient_vdvae_synthesis}" \
-        --nproc_per_node="$NUM_GPUS_PER_NODE" "$SCRIPT_DIR/synthesize.py" "$@"
-else
-    set -- --standalone --nnodes=1 --nproc_per_node="$NUM_GPUS_PER_NODE" "$SCRIPT_DIR/synthesize.py" "$@"
-fi
+# TORCHRUN_NODE_ARGS is split into its words on purpose.
+# shellcheck disable=SC2086
+set -- $TORCHRUN_NODE_ARGS --nproc_per_node="$NUM_GPUS_PER_NODE" "$SCRIPT_DIR/synthesize.py" "$@"
 
 exec "$PYTHON" -m torch.distributed.run "$@"
