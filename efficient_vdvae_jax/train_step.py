@@ -14,9 +14,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Their old home; they live in distributed.py.
-from efficient_vdvae_jax.distributed import DATA_AXIS, replicate, shard_batch  # noqa: F401
-from efficient_vdvae_jax.distributed import global_mesh as data_parallel_mesh  # noqa: F401
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.losses import LossOutput
 from efficient_vdvae_jax.model.optimizers import build_optimizer

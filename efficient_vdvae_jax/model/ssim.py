@@ -44,7 +44,3 @@ def ssim_per_image(x: jax.Array, y: jax.Array, data_range: float = 255.0, window
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return jnp.mean(ssim_map, axis=(1, 2, 3))
 
-
-def ssim_metric(targets: jax.Array, outputs: jax.Array) -> jax.Array:
-    """Batch-mean SSIM of images in the model's [-1, 1] space, measured on [0, 255]."""
-    return jnp.mean(ssim_per_image(targets * 127.5 + 127.5, outputs * 127.5 + 127.5))

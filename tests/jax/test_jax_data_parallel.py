@@ -16,8 +16,8 @@ from tests.conftest import REPO_ROOT
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.train_step import (create_train_state, data_parallel_mesh, make_train_step,
-                                                replicate, shard_batch)
+    from efficient_vdvae_jax.distributed import global_mesh, replicate, shard_batch
+    from efficient_vdvae_jax.train_step import create_train_state, make_train_step
     from tests.jax.helpers import load_tiny_config
 
     assert jax.device_count() == 2, jax.devices()
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     train_step = make_train_step(hp)
 
     one_device, one_stats = train_step(state, rng, jax.device_put(batch.reshape(4, 8, 8, 3), jax.devices()[0]))
-    mesh = data_parallel_mesh(2)
+    mesh = global_mesh(2)
     sharded_batch = shard_batch(mesh, batch)
     assert len(sharded_batch.sharding.device_set) == 2
     two_devices, two_stats = train_step(replicate(mesh, state), rng, sharded_batch)

@@ -20,8 +20,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss  # noqa: E402
-from efficient_vdvae_jax.train_step import (create_train_state, data_parallel_mesh, init_params,  # noqa: E402
-                                            make_train_step, replicate, shard_batch)
+from efficient_vdvae_jax.distributed import global_mesh, replicate, shard_batch  # noqa: E402
+from efficient_vdvae_jax.train_step import create_train_state, init_params, make_train_step  # noqa: E402
 from efficient_vdvae_jax.trainer import TRAIN_STREAM, step_key  # noqa: E402
 from hparams import load_config  # noqa: E402
 
@@ -51,7 +51,7 @@ def main(out: str, step: int, overrides: list[str]) -> None:
     train_step = make_train_step(hp, model)
     results = {}
     for devices in (1, jax.device_count()):
-        mesh = data_parallel_mesh(devices)
+        mesh = global_mesh(devices)
         batch = shard_batch(mesh, x.reshape((devices, -1) + x.shape[1:]))
         replicated = replicate(mesh, state)
         results.update(flat(f"grad_{devices}/", gradient(replicated.params, batch)))

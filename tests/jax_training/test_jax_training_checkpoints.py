@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, TrainingProgress
 from efficient_vdvae_jax.model import UniversalAutoEncoder
-from efficient_vdvae_jax.train_step import data_parallel_mesh
+from efficient_vdvae_jax.distributed import global_mesh
 from efficient_vdvae_jax.trainer import Trainer, abstract_train_state
 from hparams import load_config
 from tests.conftest import REFERENCE_CONFIG
@@ -16,7 +16,7 @@ from tests.conftest import REFERENCE_CONFIG
 
 def _random_state(hp, seed: int):
     """A train state of the config's shapes filled with random numbers (params and EMA differ)."""
-    abstract = abstract_train_state(hp, UniversalAutoEncoder(hp), NamedSharding(data_parallel_mesh(1),
+    abstract = abstract_train_state(hp, UniversalAutoEncoder(hp), NamedSharding(global_mesh(1),
                                                                                 PartitionSpec()))
     values = np.random.default_rng(seed)
     return jax.tree.map(lambda s: values.normal(size=s.shape).astype(s.dtype), abstract), abstract

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress
 from efficient_vdvae_jax.model import UniversalAutoEncoder
-from efficient_vdvae_jax.train_step import data_parallel_mesh
+from efficient_vdvae_jax.distributed import global_mesh
 from efficient_vdvae_jax.trainer import abstract_train_state
 from hparams import load_config
 from jax.sharding import NamedSharding, PartitionSpec
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def _latest(overrides: list[str], folder):
     """(TrainState as numpy, TrainingProgress) of a run's newest checkpoint."""
     hp = load_config(REFERENCE_CONFIG, overrides=overrides)
-    mesh = data_parallel_mesh(1)
+    mesh = global_mesh(1)
     checkpoints = TrainingCheckpoints(folder, max_to_keep=5)
     abstract = abstract_train_state(hp, UniversalAutoEncoder(hp), NamedSharding(mesh, PartitionSpec()))
     state, progress = checkpoints.restore(abstract)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
-from efficient_vdvae_jax.train_step import data_parallel_mesh, init_params
+from efficient_vdvae_jax.distributed import global_mesh
+from efficient_vdvae_jax.train_step import init_params
 from efficient_vdvae_jax.trainer import (VALIDATION_STREAM, make_validation_step, padded_validation_batches,
                                          step_key, validate)
 from hparams import load_config
@@ -21,7 +22,7 @@ def test_validation_means_over_images(run_overrides):
     assert [(x.shape, int(mask.sum())) for x, mask in batches] == [((1, 4, 16, 16, 3), 4), ((1, 4, 16, 16, 3), 2)]
 
     scalars, avg_kl, (first_x, first_outputs) = validate(hp, make_validation_step(hp, model), params,
-                                                         data_parallel_mesh(1))
+                                                         global_mesh(1))
 
     # By hand: each batch's own loss over its real images (the model sees the padded batch, as in
     # validation, so that the noise is the same), combined with weights 4/6 and 2/6.

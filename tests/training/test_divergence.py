@@ -63,13 +63,13 @@ def _checkpoint(framework: str, overrides: list[str], cwd: Path, name: str):
 
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.train_step import data_parallel_mesh
+    from efficient_vdvae_jax.distributed import global_mesh
     from efficient_vdvae_jax.trainer import abstract_train_state
     from hparams import load_config
 
     hp = load_config(CONFIG, overrides=overrides)
     checkpoints = TrainingCheckpoints(cwd / f"checkpoints-{name}", max_to_keep=1)
-    abstract = abstract_train_state(hp, UniversalAutoEncoder(hp), NamedSharding(data_parallel_mesh(1),
+    abstract = abstract_train_state(hp, UniversalAutoEncoder(hp), NamedSharding(global_mesh(1),
                                                                                 PartitionSpec()))
     state, progress = checkpoints.restore(abstract)
     checkpoints.close()
@@ -133,13 +133,13 @@ def _poison_checkpoint(framework: str, overrides: list[str], path: Path) -> None
 
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.train_step import data_parallel_mesh
+    from efficient_vdvae_jax.distributed import global_mesh
     from efficient_vdvae_jax.trainer import abstract_train_state
     from hparams import load_config
 
     hp = load_config(CONFIG, overrides=overrides)
     checkpoints = TrainingCheckpoints(path, max_to_keep=1)
-    abstract = abstract_train_state(hp, UniversalAutoEncoder(hp), NamedSharding(data_parallel_mesh(1),
+    abstract = abstract_train_state(hp, UniversalAutoEncoder(hp), NamedSharding(global_mesh(1),
                                                                                 PartitionSpec()))
     state, progress = checkpoints.restore(abstract)
     state = state.replace(params=jax.tree.map(lambda a: np.full(a.shape, np.nan, a.dtype), state.params))
