@@ -34,9 +34,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        # The egs configs read ../datasets/sample32/ relative to the folder training runs in.
+        # The quick start reads ../datasets/shapes16/ relative to the folder training runs in.
         subprocess.run([sys.executable, str(REPO_ROOT / "data_scripts" / "make_sample_dataset.py"),
-                        "--out", f"{tmp}/datasets/sample32", "--n-train", "512"], check=True)
+                        "--out", f"{tmp}/datasets/shapes16", "--n-train", "512"], check=True)
         workdir = Path(tmp) / "run"
         workdir.mkdir()
         os.chdir(workdir)

@@ -4,11 +4,13 @@
 Two kinds (`--kind`):
 
 - `shapes` (default, the quick start's): one coloured circle, square or
-  triangle on a plain off-white background per image, drawn with Pillow. Simple enough
-  that a tiny model trained for a few minutes on a CPU reconstructs and
-  samples recognisable shapes.
-- `photos`: random crops of the photographs bundled with scikit-image, the
-  former quick-start set (harder: minutes of CPU training give blurry colour).
+  triangle on a plain off-white background per image, drawn with Pillow at
+  16x16 by default. Simple enough that a tiny model trained for a few minutes
+  on a CPU reconstructs them sharply and samples shape-like pictures (at 32x32
+  the same minutes are a quarter as many updates, too few for that).
+- `photos`: random crops of the photographs bundled with scikit-image at
+  32x32, the former quick-start set (harder: minutes of CPU training give
+  blurry colour).
 
 Writes the custom-folder layout that `egs/quickstart.cfg` reads:
 `<out>/train_data/`, `<out>/val_data/`, `<out>/synthesis_data/` of RGB PNGs.
@@ -30,7 +32,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = {"shapes": REPO_ROOT / "datasets" / "sample32", "photos": REPO_ROOT / "datasets" / "photos32"}
+DEFAULT_OUT = {"shapes": REPO_ROOT / "datasets" / "shapes16", "photos": REPO_ROOT / "datasets" / "photos32"}
+DEFAULT_SIZE = {"shapes": 16, "photos": 32}
 SPLITS = ("train_data", "val_data", "synthesis_data")
 
 # Colour photographs that ship inside scikit-image (no download needed).
@@ -128,14 +131,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=tuple(DEFAULT_OUT), default="shapes",
                         help="shapes (drawn, the quick start's; default) or photos (crops of scikit-image's)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: <repo>/datasets/sample32 for shapes, "
+                        help="output folder (default: <repo>/datasets/shapes16 for shapes, "
                              "<repo>/datasets/photos32 for photos)")
     parser.add_argument("--n-train", type=int, default=4000, help="number of training images (default 4000)")
     parser.add_argument("--n-val", type=int, default=400, help="number of validation images (default 400)")
     parser.add_argument("--n-synthesis", type=int, default=64, help="number of synthesis images (default 64)")
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side in pixels (default 16 for shapes, 32 for photos)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = DEFAULT_SIZE[args.kind]
     for name in ("n_train", "n_val", "n_synthesis", "size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

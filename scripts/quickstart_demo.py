@@ -7,7 +7,8 @@
 2. deletes an earlier `quickstart` run of that implementation, so the demo always starts from scratch;
 3. trains egs/quickstart.cfg (train.py, a few minutes on 2 CPU cores);
 4. reconstructs the held-out synthesis images and samples from the prior (synthesize.py);
-5. prints the test NELBO next to the published results, the grids to open and the TensorBoard command.
+5. prints the test NELBO next to the published results, the grids to open and the TensorBoard command;
+6. with `--figure PATH`, writes the README's picture: the reconstruction grid beside one sample grid.
 
 Every step runs the implementation's own scripts from its folder, as a user would.
 On a CPU, torch and XLA get one compute thread (OMP_NUM_THREADS=1 unless already set):
@@ -26,13 +27,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from efficient_vdvae_common.image_grids import GRIDS_FOLDER  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from efficient_vdvae_common.image_grids import GRIDS_FOLDER, write_grid  # noqa: E402
 
 RUN_NAME = "quickstart"
 CONFIG = REPO_ROOT / "egs" / "quickstart.cfg"
 IMPLEMENTATIONS = {"torch": "efficient_vdvae_torch", "jax": "efficient_vdvae_jax"}
 # Where egs/quickstart.cfg reads its images, and the default sizes of make_sample_dataset.py.
-DATASET = REPO_ROOT / "datasets" / "sample32"
+DATASET = REPO_ROOT / "datasets" / "shapes16"
 DATASET_SPLITS = {"train_data": 4000, "val_data": 400, "synthesis_data": 64}
 # Published test NELBO of the Efficient-VDVAE baselines at 32x32 (bits/dim), for scale.
 PUBLISHED_32X32 = (("CIFAR-10", 2.87), ("ImageNet 32x32", 3.58))
@@ -71,9 +75,28 @@ def _nelbo_line(reconstruction_output: str) -> str:
     return lines[-1] if lines else "(no NELBO line in the reconstruction output)"
 
 
+FIGURE_GAP = 8  # white pixels between the two grids of the figure
+FIGURE_SCALE = 3  # the grids' pixels are repeated so: 16x16 tiles are too small to see on a page
+
+
+def demo_figure(grids: list[Path], out: Path, scale: int = FIGURE_SCALE) -> Path:
+    """Place grids side by side (tops aligned, white gap and fill), each pixel repeated `scale` times."""
+    images = [np.asarray(Image.open(grid).convert("RGB")) for grid in grids]
+    height = max(image.shape[0] for image in images)
+    width = sum(image.shape[1] for image in images) + FIGURE_GAP * (len(images) - 1)
+    figure = np.full((height, width, 3), 255, dtype=np.uint8)
+    left = 0
+    for image in images:
+        figure[:image.shape[0], left:left + image.shape[1]] = image
+        left += image.shape[1] + FIGURE_GAP
+    return write_grid(out, figure.repeat(scale, axis=0).repeat(scale, axis=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("framework", choices=tuple(IMPLEMENTATIONS))
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="also write the README's picture here (reconstructions beside samples at T=0.8)")
     args = parser.parse_args(argv)
     folder = REPO_ROOT / IMPLEMENTATIONS[args.framework]
     python = sys.executable
@@ -106,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {grid.relative_to(REPO_ROOT)}")
     print(f"Per-image files: {(logs / 'synthesis-images').relative_to(REPO_ROOT)}/")
     print(f"Training curves: tensorboard --logdir {logs.relative_to(REPO_ROOT)}")
+    if args.figure is not None:
+        samples = [grid for grid in grids if grid.name.startswith("generation-") and "_T-0.8." in grid.name]
+        reconstructions = logs / "synthesis-images" / GRIDS_FOLDER / "reconstruction.png"
+        print(f"Figure: {demo_figure([reconstructions, *samples[:1]], args.figure)}")
     return 0
 
 

@@ -117,3 +117,21 @@ def test_grid_layout_caps_large_images():
     assert (cols, rows) == (3, 3) and GRID_PADDING + cols * (1024 + GRID_PADDING) <= 4096
     with pytest.raises(ValueError, match="one shape"):
         reconstruction_grid(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((3, 4, 4, 3), np.uint8), 8)
+
+
+def test_demo_figure_puts_the_grids_side_by_side_scaled(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("quickstart_demo", Path(__file__).parent.parent / "scripts"
+                                                  / "quickstart_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    rng = np.random.default_rng(0)
+    left, right = rng.integers(0, 256, (10, 6, 3), dtype=np.uint8), rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    Image.fromarray(left).save(tmp_path / "a.png")
+    Image.fromarray(right).save(tmp_path / "b.png")
+    figure = _read(demo.demo_figure([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "f.png", scale=2))
+    gap = demo.FIGURE_GAP
+    assert figure.shape == (20, 2 * (6 + gap + 5), 3)
+    np.testing.assert_array_equal(figure[::2, ::2][:, :6], left)
+    np.testing.assert_array_equal(figure[::2, ::2][:4, 6 + gap:], right)
+    assert (figure[::2, ::2][4:, 6 + gap:] == 255).all() and (figure[:, 12:12 + 2 * gap] == 255).all()

@@ -72,7 +72,7 @@ def test_sample_dataset_layout_and_determinism(tmp_path, make_config, kind):
     script = _script("make_sample_dataset")
     for out in ("a", "b"):
         script.main(["--kind", kind, "--out", str(tmp_path / out), "--n-train", "20", "--n-val", "6",
-                     "--n-synthesis", "3"])
+                     "--n-synthesis", "3", "--size", "32"])
     counts = {d: len(list((tmp_path / "a" / d).glob("*.png"))) for d in ("train_data", "val_data", "synthesis_data")}
     assert counts == {"train_data": 20, "val_data": 6, "synthesis_data": 3}
     for f in (tmp_path / "a" / "train_data").glob("*.png"):
