@@ -116,32 +116,29 @@ ATOMIC_WRITERS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
+# fault -> (how to cause it, the size of the second write, the message's start for a target)
+DISK_FAULTS: dict[str, tuple[Callable, int, Callable]] = {
+    "full": (fill, BIG, lambda target: NO_SPACE + str(target)),
+    "read-only": (remount_read_only, 1000, lambda target: f"{target} is read-only"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(DISK_FAULTS))
 @pytest.mark.parametrize("writer", sorted(ATOMIC_WRITERS))
-def test_atomic_writer_on_a_full_disk(writer, disk):
+def test_atomic_writer_on_a_faulty_disk(writer, fault, disk):
     write, read = ATOMIC_WRITERS[writer]
+    cause, size, expected_start = DISK_FAULTS[fault]
     target = disk / "run" / "file"
     write(target, 1, 1000)
-    fill(disk)
+    cause(disk)
     with pytest.raises(DiskWriteError) as raised:
-        write(target, 2, BIG)
+        write(target, 2, size)
     message = str(raised.value)
-    assert message.startswith(NO_SPACE + str(target)), message
+    assert message.startswith(expected_start(target)), message
     assert "\n" not in message and ".tmp" not in message
-    assert leftovers(disk) == []
-    assert read(target) == 1
-
-
-@pytest.mark.parametrize("writer", sorted(ATOMIC_WRITERS))
-def test_atomic_writer_on_a_read_only_disk(writer, disk):
-    write, read = ATOMIC_WRITERS[writer]
-    target = disk / "run" / "file"
-    write(target, 1, 1000)
-    remount_read_only(disk)
-    with pytest.raises(DiskWriteError) as raised:
-        write(target, 2, 1000)
-    assert str(raised.value).startswith(f"{target} is read-only"), str(raised.value)
-    with pytest.raises(DiskWriteError, match="is read-only"):  # a new folder too
-        write(disk / "new" / "file", 1, 10)
+    if fault == "read-only":
+        with pytest.raises(DiskWriteError, match="is read-only"):  # a new folder too
+            write(disk / "new" / "file", 1, 10)
     assert leftovers(disk) == []
     assert read(target) == 1
 
