@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -64,6 +65,26 @@ def init_distributed(timeout_seconds: float | None = None) -> DistributedContext
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this rank, number of ranks): (0, 1) outside torchrun."""
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def gather_from_ranks(item: Any) -> list[Any]:
+    """Every rank's `item` (picklable), in rank order; [item] for a single process."""
+    if not is_distributed():
+        return [item]
+    items: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(items, item)
+    return items
 
 
 def shutdown_distributed() -> None:

@@ -29,7 +29,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from efficient_vdvae_common.data import DataError, ImageSplit, build_split, official_data_dir
@@ -59,7 +58,8 @@ from efficient_vdvae_common.temperatures import expand_temperature_settings
 from efficient_vdvae_common.variate_masks import variate_masks
 from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
 from efficient_vdvae_torch.data.official import load_official_images
-from efficient_vdvae_torch.distributed import init_distributed, is_distributed
+from efficient_vdvae_torch.distributed import (gather_from_ranks, init_distributed, is_distributed,
+                                               is_main_process, rank_and_world)
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_torch.model.latent_layers import gaussian_std
 from efficient_vdvae_torch.model.losses import kl_per_variate
@@ -80,27 +80,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---- Ranks: which share of every batch this process computes, and the gathers.
-
-def rank_and_world() -> tuple[int, int]:
-    """(this rank, number of ranks): (0, 1) outside torchrun."""
-    if is_distributed():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_rank() -> bool:
-    return rank_and_world()[0] == 0
-
-
-def gather_from_ranks(item: Any) -> list[Any]:
-    """Every rank's `item` (picklable), in rank order; [item] for a single process."""
-    if not is_distributed():
-        return [item]
-    items: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(items, item)
-    return items
-
+# ---- Ranks: which share of every batch this process computes.
 
 def _my_shards() -> range:
     rank, _ = rank_and_world()
@@ -175,7 +155,7 @@ def load_synthesis_model(hp: Any, device: torch.device, root: str | Path = ".") 
     which = "EMA" if hp.synthesis.load_ema_weights else "trained"
     check_finite_weights(((name, int((~torch.isfinite(t)).sum()), t.numel())
                           for name, t in model.state_dict().items() if t.is_floating_point()), str(path), which)
-    if is_main_rank():
+    if is_main_process():
         print(f"loaded {which} weights from {path} (step {int(state['global_step'])}) "
               f"on {rank_and_world()[1]} rank(s)", flush=True)
     return model.eval().requires_grad_(False)
@@ -203,7 +183,7 @@ def load_variate_masks(hp: Any, model: UniversalAutoEncoder, root: str | Path = 
 def _progress(loader, description: str, total: int | None = None):
     # disable=None: a bar on a terminal, silent in logs and pipes; rank 0 only.
     return tqdm(loader, desc=description, unit="batch", total=total, dynamic_ncols=True,
-                disable=None if is_main_rank() else True)
+                disable=None if is_main_process() else True)
 
 
 def _to_uint8_images(images: torch.Tensor, binarized: bool) -> np.ndarray:
@@ -227,7 +207,7 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
     Every image's values come from its own loss; the means are sums over images in
     image order / count. Rank 0 writes the files (none with `output_dir` None).
     """
-    writing = output_dir is not None and is_main_rank()
+    writing = output_dir is not None and is_main_process()
     output_dir = Path(output_dir) if output_dir is not None else None
     dist_ = model.output_distribution
     binarized = dist_.bernoulli
@@ -343,7 +323,7 @@ def generate(hp: Any, model: UniversalAutoEncoder, device: torch.device, output_
     Writes `<output_dir>/<setting folder>/image-0000.png`, ... (rank 0; nothing with `output_dir` None);
     returns the folders. Image i's eps are the same for every setting.
     """
-    writing = output_dir is not None and is_main_rank()
+    writing = output_dir is not None and is_main_process()
     settings = hp.synthesis.temperature_settings
     expanded = expand_temperature_settings(settings, model.num_levels)
     batch_size = hp.synthesis.batch_size
@@ -432,7 +412,7 @@ def encode(hp: Any, model: UniversalAutoEncoder, device: torch.device, masks: np
                 # (B, n, H, W, 2) -> (B, H, W, n, 2)
                 posteriors[g] = torch.stack([mean, std], dim=-1).permute(0, 2, 3, 1, 4).float().cpu().numpy()
             part = {"posteriors": posteriors, "finite": all(np.isfinite(p).all() for p in posteriors.values())}
-        parts = [p for p in gather_from_ranks(part)]
+        parts = gather_from_ranks(part)
         _check_all_ranks([p["finite"] for p in parts], f"the encoding of {describe_images(data.names)}", hp)
         pieces = [p["posteriors"] for p in parts if p["posteriors"] is not None]
         builder.add_batch(data.names, {g: np.concatenate([piece[g] for piece in pieces]) for g in active})
@@ -499,7 +479,7 @@ def decode(hp: Any, model: UniversalAutoEncoder, device: torch.device, encodings
         return decode_encodings(hp, model, device, part, temperatures, hp.synthesis.decoding_posterior_temperature,
                                 rng, first_image=batch_index * batch_size)
 
-    return write_decoded_images(hp, encodings, output_dir if is_main_rank() else None, model.num_levels,
+    return write_decoded_images(hp, encodings, output_dir if is_main_process() else None, model.num_levels,
                                 decode_part, _progress)
 
 
@@ -511,7 +491,7 @@ def run_synthesis(hp: Any, device: torch.device | None = None, root: str | Path 
     """
     device = device or default_device()
     run_logs = logs_dir(hp.run.name, root)
-    main = is_main_rank()
+    main = is_main_process()
     # Missing FID weights stop here, before any generation work.
     inception_weights = fid_weights(hp)
     model = load_synthesis_model(hp, device, root)
