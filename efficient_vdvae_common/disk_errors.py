@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -129,15 +130,35 @@ class _DropDiskErrorRecords(logging.Filter):
         return not (record.exc_info and record.exc_info[1] is not None and disk_errno(record.exc_info[1]))
 
 
+# A write that fails under orbax ends the event loop its tensorstore writes report to; the writes
+# still in flight then report to the closed loop, and tensorstore prints each refusal as an
+# unraisable "Event loop is closed" traceback (PyErr_WriteUnraisable), during or after the save.
+_CLOSED_LOOP = "Event loop is closed"
+
+
+def _drop_closed_loop_reports(previous_hook):
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == _CLOSED_LOOP:
+            return
+        previous_hook(unraisable)
+
+    return hook
+
+
 @contextmanager
 def quiet_disk_error_logs(logger_name: str) -> Iterator[None]:
-    """Drop the records of logger `logger_name` that report a disk error during the block: a library that
-    logs the traceback of a failed background write (orbax through absl) before raising it would
-    otherwise print many lines before the one line of DiskWriteError."""
+    """Keep a failed background write to one line: drop the records of logger `logger_name` that report a
+    disk error during the block (orbax, through absl, logs the traceback before raising it), and the
+    reports of writes refused by a closed event loop. When the block raises, the latter stay dropped for
+    the rest of the process, which is ending with that error while the writes in flight finish."""
     logger = logging.getLogger(logger_name)
     record_filter = _DropDiskErrorRecords()
     logger.addFilter(record_filter)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _drop_closed_loop_reports(previous_hook)
     try:
         yield
     finally:
         logger.removeFilter(record_filter)
+    sys.unraisablehook = previous_hook  # reached only when the block succeeded

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -307,6 +309,45 @@ def test_jax_checkpoint_on_a_full_disk(disk, caplog):
         assert checkpoints.latest() == 1
     finally:
         checkpoints.close()
+
+
+_CLOSED_LOOP_REPORTS = """
+import asyncio, errno
+from efficient_vdvae_common.disk_errors import quiet_disk_error_logs
+
+class Write:  # an object whose finaliser raises: Python reports it as unraisable, as tensorstore does
+    def __init__(self, loop):
+        self.loop = loop
+    def __del__(self):
+        self.loop.call_soon_threadsafe(print)
+
+class Other:
+    def __del__(self):
+        raise RuntimeError("another unraisable error")
+
+closed = asyncio.new_event_loop()
+closed.close()
+with quiet_disk_error_logs("absl"):
+    pass
+Write(closed)  # after a save that succeeded: reported
+try:
+    with quiet_disk_error_logs("absl"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+except OSError:
+    pass
+Write(closed)  # after a failed save, while the writes in flight finish: dropped
+Other()  # anything else: reported
+"""
+
+
+def test_writes_refused_by_a_closed_event_loop_after_a_failed_save_print_nothing():
+    """tensorstore reports each write still in flight when orbax's event loop closed on the error as an
+    unraisable "Event loop is closed" traceback; after a failed save those reports are dropped, others not."""
+    result = subprocess.run([sys.executable, "-c", _CLOSED_LOOP_REPORTS], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("RuntimeError: Event loop is closed") == 1, result.stderr
+    assert result.stderr.count("another unraisable error") == 1, result.stderr
 
 
 def test_jax_checkpoint_on_a_read_only_disk(disk):
