@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +20,10 @@ import numpy as np
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-from efficient_vdvae_jax.data import create_iterator  # noqa: E402
-from efficient_vdvae_torch.data import create_dataloader  # noqa: E402
-from hparams import load_config  # noqa: E402
+from efficient_vdvae_jax.data import create_iterator
+from efficient_vdvae_torch.data import create_dataloader
+from hparams import load_config
 
 BASE_CONFIG = REPO_ROOT / "tests" / "fixtures" / "original_torch_small" / "config.cfg"
 

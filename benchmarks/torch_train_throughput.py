@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-from efficient_vdvae_torch.distributed import init_distributed  # noqa: E402
-from efficient_vdvae_torch.trainer import Trainer  # noqa: E402
-from hparams import load_config  # noqa: E402
+from efficient_vdvae_torch.distributed import init_distributed
+from efficient_vdvae_torch.trainer import Trainer
+from hparams import load_config
 
 
 def main() -> None:

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from efficient_vdvae_common.data.decoding import open_8bit  # noqa: E402
-from efficient_vdvae_common.data.preprocessing import crop_celeba  # noqa: E402
-from efficient_vdvae_common.data.parallel import map_with_progress  # noqa: E402
+from efficient_vdvae_common.data.decoding import open_8bit
+from efficient_vdvae_common.data.preprocessing import crop_celeba
+from efficient_vdvae_common.data.parallel import map_with_progress
 
 SPLIT_FOLDERS = {0: "train_data", 1: "val_data", 2: "synthesis_data"}
 # The original saved with Pillow's JPEG defaults; spelled out so a Pillow

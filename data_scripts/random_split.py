@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from efficient_vdvae_common.data.readers import list_image_files  # noqa: E402
+from efficient_vdvae_common.data.readers import list_image_files
 
 
 def choose_validation(names: list[str], n_val: int, seed: int) -> set[str]:

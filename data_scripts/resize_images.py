@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from efficient_vdvae_common.data.decoding import open_8bit  # noqa: E402
-from efficient_vdvae_common.data.readers import list_image_files  # noqa: E402
-from efficient_vdvae_common.data.parallel import map_with_progress  # noqa: E402
+from efficient_vdvae_common.data.decoding import open_8bit
+from efficient_vdvae_common.data.readers import list_image_files
+from efficient_vdvae_common.data.parallel import map_with_progress
 
 FILTERS = {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC}
 

@@ -15,26 +15,20 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-# Runnable as a script from any directory, without the editable install.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import jax
 
-import jax  # noqa: E402
-
-from efficient_vdvae_common.data import DataError  # noqa: E402
-from efficient_vdvae_common.disk_errors import DiskWriteError  # noqa: E402
-from efficient_vdvae_common.lost_process import EXIT_LOST_PROCESS, lost_process_message  # noqa: E402
-from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
-from efficient_vdvae_jax.checkpoints import CheckpointError  # noqa: E402
-from efficient_vdvae_jax.distributed import (init_distributed, is_lost_process_error,  # noqa: E402
+from efficient_vdvae_common.data import DataError
+from efficient_vdvae_common.disk_errors import DiskWriteError
+from efficient_vdvae_common.lost_process import EXIT_LOST_PROCESS, lost_process_message
+from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged
+from efficient_vdvae_jax.checkpoints import CheckpointError
+from efficient_vdvae_jax.distributed import (init_distributed, is_lost_process_error,
                                              shutdown_distributed)
-from efficient_vdvae_jax.trainer import Trainer  # noqa: E402
-from hparams import ConfigError, checkpoints_path  # noqa: E402
-from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
-from hparams.saved_run import saved_config_path  # noqa: E402
+from efficient_vdvae_jax.trainer import Trainer
+from hparams import ConfigError, checkpoints_path
+from hparams.cli import load_config_or_exit, parse_args
+from hparams.saved_run import saved_config_path
 
 EXIT_BAD_INPUT = 2
 

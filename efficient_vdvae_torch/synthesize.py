@@ -35,24 +35,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-# Runnable as a script from any directory, without the editable install.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from efficient_vdvae_common.data import DataError  # noqa: E402
-from efficient_vdvae_common.disk_errors import DiskWriteError  # noqa: E402
-from efficient_vdvae_common.encodings import EncodingsError  # noqa: E402
-from efficient_vdvae_common.fid import FIDError  # noqa: E402
-from efficient_vdvae_common.model_health import BrokenModelError  # noqa: E402
-from efficient_vdvae_common.variate_masks import DivStatsError  # noqa: E402
-from efficient_vdvae_torch.checkpoints import CheckpointError  # noqa: E402
-from efficient_vdvae_torch.distributed import is_distributed, shutdown_distributed  # noqa: E402
-from efficient_vdvae_torch.synthesis import init_synthesis_ranks, run_synthesis  # noqa: E402
-from hparams import ConfigError  # noqa: E402
-from hparams.cli import load_config_or_exit, parse_args  # noqa: E402
+from efficient_vdvae_common.data import DataError
+from efficient_vdvae_common.disk_errors import DiskWriteError
+from efficient_vdvae_common.encodings import EncodingsError
+from efficient_vdvae_common.fid import FIDError
+from efficient_vdvae_common.model_health import BrokenModelError
+from efficient_vdvae_common.variate_masks import DivStatsError
+from efficient_vdvae_torch.checkpoints import CheckpointError
+from efficient_vdvae_torch.distributed import is_distributed, shutdown_distributed
+from efficient_vdvae_torch.synthesis import init_synthesis_ranks, run_synthesis
+from hparams import ConfigError
+from hparams.cli import load_config_or_exit, parse_args
 
 EXIT_BAD_INPUT = 2
 

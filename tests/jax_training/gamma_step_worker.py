@@ -13,17 +13,16 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss  # noqa: E402
-from efficient_vdvae_jax.distributed import global_mesh, replicate, shard_batch  # noqa: E402
-from efficient_vdvae_jax.train_step import create_train_state, init_params, make_train_step  # noqa: E402
-from efficient_vdvae_jax.trainer import TRAIN_STREAM, step_key  # noqa: E402
-from hparams import load_config  # noqa: E402
+from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
+from efficient_vdvae_jax.distributed import global_mesh, replicate, shard_batch
+from efficient_vdvae_jax.train_step import create_train_state, init_params, make_train_step
+from efficient_vdvae_jax.trainer import TRAIN_STREAM, step_key
+from hparams import load_config
 
 CONFIG = REPO_ROOT / "tests" / "fixtures" / "original_torch_small" / "config.cfg"
 

@@ -13,16 +13,15 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from efficient_vdvae_torch.distributed import init_distributed, shutdown_distributed  # noqa: E402
-from efficient_vdvae_torch.model import compute_loss  # noqa: E402
-from efficient_vdvae_torch.train_step import train_step  # noqa: E402
-from efficient_vdvae_torch.trainer import build_training  # noqa: E402
-from efficient_vdvae_torch.training_noise import TRAIN_STREAM, rank_rows  # noqa: E402
-from hparams import load_config  # noqa: E402
+from efficient_vdvae_torch.distributed import init_distributed, shutdown_distributed
+from efficient_vdvae_torch.model import compute_loss
+from efficient_vdvae_torch.train_step import train_step
+from efficient_vdvae_torch.trainer import build_training
+from efficient_vdvae_torch.training_noise import TRAIN_STREAM, rank_rows
+from hparams import load_config
 
 CONFIG = REPO_ROOT / "tests" / "fixtures" / "original_torch_small" / "config.cfg"
 
