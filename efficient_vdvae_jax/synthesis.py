@@ -57,8 +57,8 @@ from efficient_vdvae_jax.distributed import (data_sharding, global_mesh, is_main
                                              replicate, replicated_sharding, shard_batch, to_host)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.latent_layers import stats_to_std
-from efficient_vdvae_jax.model.losses import gaussian_kl, render_output
-from efficient_vdvae_jax.model.losses import bernoulli_nll, mol_nll
+from efficient_vdvae_jax.model.losses import gaussian_kl
+from efficient_vdvae_jax.model.output_distribution import bernoulli_nll, mol_nll, render_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.trainer import abstract_train_state
 from hparams.saved_run import logs_dir

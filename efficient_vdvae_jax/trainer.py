@@ -41,7 +41,7 @@ from efficient_vdvae_jax.distributed import (any_rank, gather_ints, gather_local
                                              local_device_range, replicate, replicated_sharding, shard_batch,
                                              to_host)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
-from efficient_vdvae_jax.model.losses import mol_params, sample_output
+from efficient_vdvae_jax.model.output_distribution import mol_params, sample_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.train_step import TrainState, create_train_state, init_params, make_train_step
 from hparams import ConfigError

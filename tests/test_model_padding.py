@@ -38,7 +38,7 @@ def framework_conv(framework: str, x: np.ndarray, kernel: np.ndarray, bias: np.n
             return conv(torch.from_numpy(x)[None])[0].numpy()
     import jax.numpy as jnp
 
-    from efficient_vdvae_jax.model.layers import conv2d
+    from efficient_vdvae_jax.model.conv2d import conv2d
     conv = conv2d(kernel.shape[0], (kh, kw), odd_pixel_first=odd_pixel_first)
     params = {"params": {"kernel": jnp.asarray(kernel.transpose(2, 3, 1, 0)), "bias": jnp.asarray(bias)}}
     return np.asarray(conv.apply(params, jnp.asarray(x.transpose(1, 2, 0))[None]))[0].transpose(2, 0, 1)

@@ -72,7 +72,7 @@ def _mean_jax(hp, parameters, bernoulli_logits=None):
     import jax
     import jax.numpy as jnp
 
-    from efficient_vdvae_jax.model.losses import render_output
+    from efficient_vdvae_jax.model.output_distribution import render_output
 
     logits = bernoulli_logits.transpose(0, 2, 3, 1) if bernoulli_logits is not None else _jax_logits(*parameters)
     images = render_output(hp, jax.random.PRNGKey(0), jnp.asarray(logits, jnp.float32))

@@ -18,49 +18,13 @@ from efficient_vdvae_common.architecture import (latent_resolutions, num_latent_
                                                  stable_init_scale, top_resolution, z_projection_init_scale)
 from efficient_vdvae_common.initialization import initializer_scheme
 from efficient_vdvae_common.temperatures import per_group_temperatures
-from efficient_vdvae_jax.model.latent_layers import GaussianLatentLayer, GaussianStats, sample_gaussian
-from efficient_vdvae_jax.model.layers import KernelSize, PoolLayer, ResidualConvCell, UnpoolLayer, conv2d
-
-
-def residual_cell(checkpointed: bool) -> type[ResidualConvCell]:
-    """The cell class; rematerialised (activations recomputed in the backward pass) when checkpointed."""
-    return nn.remat(ResidualConvCell) if checkpointed else ResidualConvCell
+from efficient_vdvae_jax.model.conv2d import conv2d
+from efficient_vdvae_jax.model.layers import LevelBlockDown, LevelBlockUp
 
 
 def compute_dtype(hp: Any) -> Any:
     """bfloat16 convolutions under `run.mixed_precision` (parameters and the loss stay float32)."""
     return jnp.bfloat16 if hp.run.mixed_precision else None
-
-
-class LevelBlockUp(nn.Module):
-    """Residual cells, then (optionally) a skip projection, then (optionally) a strided pool."""
-
-    n_blocks: int
-    n_layers: int
-    in_filters: int
-    filters: int
-    mid_ratio: float
-    kernel_size: KernelSize
-    stride: int
-    skip_filters: int
-    use_skip: bool
-    init_scale: float
-    use_1x1_conv: bool
-    checkpointed: bool = False
-    dtype: Any = None
-    initializer: str = "flax"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        for b in range(self.n_blocks):
-            x = residual_cell(self.checkpointed)(
-                self.n_layers, self.in_filters, self.mid_ratio, self.kernel_size, self.init_scale,
-                residual=True, out_ratio=1.0, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype,
-                initializer=self.initializer, name=f"residual_block_{b}")(x)
-        skip = conv2d(self.skip_filters, 1, dtype=self.dtype, name="skip_projection")(x) if self.use_skip else None
-        if self.stride > 1:
-            x = PoolLayer(self.filters, self.stride, dtype=self.dtype, name="pool")(x)
-        return x, skip
 
 
 class BottomUp(nn.Module):
@@ -88,86 +52,6 @@ class BottomUp(nn.Module):
             x, skip = level_block(stride, True, f"levels_up_downsample_{i}")(x)
             skips.append(skip)
         return skips[::-1]
-
-
-class LevelBlockDown(nn.Module):
-    """One latent group: (unpool), prior and posterior, sample z, project it in, residual cells.
-
-    With `skip=None` it samples from the prior instead (generation), or, given
-    `latent` and `variate_mask`, decodes: z is `latent` where the mask is 1.
-    """
-
-    n_blocks: int
-    n_layers: int
-    filters: int
-    mid_ratio: float
-    kernel_size: KernelSize
-    stride: int
-    skip_filters: int
-    variates: int
-    out_resolution: int
-    distribution_base: str
-    gradient_smoothing_beta: float
-    use_residual_distribution: bool
-    prior_init_scale: float
-    cells_init_scale: float
-    z_projection_init_scale: float
-    use_1x1_conv: bool
-    checkpointed: bool = False
-    dtype: Any = None
-    initializer: str = "flax"
-
-    def _sample(self, stats: GaussianStats, eps: jax.Array, temperature) -> jax.Array:
-        return sample_gaussian(stats, self.distribution_base, self.gradient_smoothing_beta, eps, temperature)
-
-    @nn.compact
-    def __call__(self, y: jax.Array, skip: jax.Array | None, rng: jax.Array, *,
-                 temperature: float | jax.Array = 1.0, noise: jax.Array | None = None,
-                 variate_mask: jax.Array | None = None, latent: jax.Array | None = None
-                 ) -> tuple[jax.Array, GaussianStats | None, GaussianStats, jax.Array]:
-        if self.stride > 1:
-            y = UnpoolLayer(self.filters, self.stride, self.out_resolution, dtype=self.dtype, name="unpool")(y)
-        f = self.filters
-        cell_class = residual_cell(self.checkpointed)
-        cell = lambda in_filters, ratio, out_ratio, init_scale, name: cell_class(  # noqa: E731
-            self.n_layers, in_filters, ratio, self.kernel_size, init_scale, residual=False,
-            out_ratio=out_ratio, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype,
-            initializer=self.initializer, name=name)
-        latent_layer = lambda name: GaussianLatentLayer(  # noqa: E731
-            self.variates, self.distribution_base, self.gradient_smoothing_beta, dtype=self.dtype, name=name)
-
-        kl_residual, y_prior = jnp.split(cell(f, self.mid_ratio, 2.0, self.prior_init_scale, "prior_net_0")(y),
-                                         2, axis=-1)
-        prior = latent_layer("prior_layer")(y_prior)
-        posterior_rng, prior_rng = jax.random.split(rng)
-        latent_shape = prior[0].shape
-        if noise is None:
-            noise = jax.random.normal(posterior_rng, latent_shape, jnp.float32)
-
-        if skip is None:
-            posterior = None
-            z = self._sample(prior, noise, temperature)
-            if latent is not None:
-                # Decoding: the given z where the mask is 1 (the mix of masked inference below).
-                z = variate_mask * latent + (1.0 - variate_mask) * z
-        else:
-            y_post = cell(f + self.skip_filters, self.mid_ratio * 0.5, 0.5, 1.0, "posterior_net_0")(
-                jnp.concatenate([y, skip], axis=-1))
-            posterior = latent_layer("posterior_layer")(
-                y_post, prior if self.use_residual_distribution else None)
-            z = self._sample(posterior, noise, temperature)
-            if variate_mask is not None:
-                prior_z = self._sample(prior, jax.random.normal(prior_rng, latent_shape, jnp.float32), 1.0)
-                z = variate_mask * z + (1.0 - variate_mask) * prior_z
-
-        y = y + kl_residual
-        y = y + conv2d(f, 1, init_scale=self.z_projection_init_scale, dtype=self.dtype, name="z_projection")(z)
-        for b in range(self.n_blocks):
-            y = cell_class(self.n_layers, f, self.mid_ratio, self.kernel_size, self.cells_init_scale,
-                           residual=True, out_ratio=1.0, use_1x1_conv=self.use_1x1_conv, dtype=self.dtype,
-                           initializer=self.initializer, name=f"residual_block_{b}")(y)
-        return y, posterior, prior, z
-
 
 def trainable_h_init(scheme: str) -> nn.initializers.Initializer:
     """Zeros (the JAX original), or uniform in +-sqrt(3 / (H*W*C)) as torch's

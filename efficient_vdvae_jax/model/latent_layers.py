@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from efficient_vdvae_jax.model.layers import conv2d
+from efficient_vdvae_jax.model.conv2d import conv2d
 
 GaussianStats = tuple[jax.Array, jax.Array]
 

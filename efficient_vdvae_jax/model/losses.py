@@ -1,20 +1,14 @@
-"""The objective (SPEC.md section 5), NHWC: output likelihoods, Gaussian KL, the loss, output sampling
-and the output distribution's mean image (`mean_output`, for synthesis.output_sampling = 'mean').
-
-The output conv's mixture parameters use the JAX original's (3M, C) layout:
-logits channel `M + j*C + c` holds parameter j of colour channel c.
-"""
+"""The objective: reconstruction, analytic KL, gamma balancing, beta warm-up (SPEC.md section 5), NHWC."""
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from efficient_vdvae_common.architecture import (LN2, MNIST_CROP, image_dims, is_binarized_mnist, pixel_range,
-                                                 report_units_per_nat_per_dim)
-from efficient_vdvae_jax.model.latent_layers import GaussianStats, beta_softplus
+from efficient_vdvae_common.architecture import LN2, image_dims, is_binarized_mnist, report_units_per_nat_per_dim
+from efficient_vdvae_jax.model.latent_layers import GaussianStats
+from efficient_vdvae_jax.model.output_distribution import bernoulli_nll, mol_nll
 from efficient_vdvae_jax.model.schedules import gamma_balanced_kl, kl_beta
 
 
@@ -29,67 +23,6 @@ class LossOutput(NamedTuple):
     recon_report: jax.Array  # recon_loss in report units
     nelbo: jax.Array  # recon_report + kl_div, report units
     beta: jax.Array
-
-
-def mol_params(hp: Any, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Split logits (B, H, W, M(3C+1)) into mixture logits (B,H,W,M) and, each (B,H,W,M,C),
-    means, log scales, inverse scales and tanh'd coefficients."""
-    m, c = hp.model.num_output_mixtures, hp.data.channels
-    mixture_logits = logits[..., :m]
-    params = logits[..., m:].reshape(logits.shape[:-1] + (3 * m, c))
-    means, raw_scales, raw_coefs = params[..., :m, :], params[..., m:2 * m, :], params[..., 2 * m:, :]
-    b = hp.model.output_gradient_smoothing_beta
-    if hp.model.output_distribution_base == "std":
-        scales = jnp.maximum(beta_softplus(raw_scales, b), math.exp(hp.loss.min_mol_logscale))
-        log_scales, inv_scales = jnp.log(scales), 1.0 / scales
-    elif hp.model.output_distribution_base == "logstd":
-        log_scales = jnp.maximum(raw_scales, hp.loss.min_mol_logscale)
-        inv_scales = jnp.exp(-b * log_scales)
-    else:
-        raise ValueError(f"model.output_distribution_base must be 'std' or 'logstd', "
-                         f"got {hp.model.output_distribution_base!r}")
-    return mixture_logits, means, log_scales, inv_scales, jnp.tanh(raw_coefs)
-
-
-def _autoregressive_means(means: jax.Array, coefs: jax.Array, rgb: jax.Array) -> jax.Array:
-    """Green and blue means depend linearly on the red (and green) values; grayscale has no AR."""
-    if means.shape[-1] != 3:
-        return means
-    r, g = rgb[..., 0], rgb[..., 1]
-    return jnp.stack([means[..., 0],
-                      means[..., 1] + coefs[..., 0] * r,
-                      means[..., 2] + coefs[..., 1] * r + coefs[..., 2] * g], axis=-1)
-
-
-def mol_nll(hp: Any, targets: jax.Array, logits: jax.Array) -> jax.Array:
-    """Per-pixel negative log-likelihood (B, H, W) of a discretized mixture of logistics."""
-    min_pix, max_pix = pixel_range(hp.data.num_bits)
-    n_classes = 2.0 ** hp.data.num_bits - 1.0
-    mixture_logits, means, log_scales, inv_scales, coefs = mol_params(hp, logits)
-    t = targets[..., None, :]  # B, H, W, 1, C
-    centered = t - _autoregressive_means(means, coefs, t)
-    plus = inv_scales * (centered + 1.0 / n_classes)
-    minus = inv_scales * (centered - 1.0 / n_classes)
-    log_cdf_plus = plus - jax.nn.softplus(plus)
-    log_one_minus_cdf_min = -jax.nn.softplus(minus)
-    delta = jax.nn.sigmoid(plus) - jax.nn.sigmoid(minus)
-    mid = inv_scales * centered
-    log_pdf_mid = mid - log_scales - 2.0 * jax.nn.softplus(mid)
-    # The max(delta, 1e-12) keeps the unused branch's gradient finite under jnp.where.
-    log_p = jnp.where(t == min_pix, log_cdf_plus,
-                      jnp.where(t == max_pix, log_one_minus_cdf_min,
-                                jnp.where(delta > 1e-5, jnp.log(jnp.maximum(delta, 1e-12)),
-                                          log_pdf_mid - math.log(n_classes / 2.0))))
-    log_p = jnp.sum(log_p, axis=-1) + jax.nn.log_softmax(mixture_logits, axis=-1)
-    return -jax.nn.logsumexp(log_p, axis=-1)
-
-
-def bernoulli_nll(targets: jax.Array, logits: jax.Array) -> jax.Array:
-    """Per-pixel negative log-likelihood (B, 28, 28) on the central crop of padded MNIST."""
-    t = targets[:, MNIST_CROP, MNIST_CROP, 0]
-    l = logits[:, MNIST_CROP, MNIST_CROP, 0]  # noqa: E741
-    return jax.nn.softplus(l) - t * l
-
 
 def gaussian_kl(hp: Any, posterior: GaussianStats, prior: GaussianStats) -> jax.Array:
     """Elementwise KL(posterior || prior) of diagonal Gaussians."""
@@ -141,86 +74,3 @@ def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequ
     return LossOutput(loss=recon_loss + beta * kl, recon_loss=recon_loss, kl_per_group=kl_per_group,
                       avg_kl_per_group=avg_kl_nats / LN2, kl_div=kl_div, recon_report=recon_report,
                       nelbo=recon_report + kl_div, beta=beta)
-
-
-def sample_from_mol(hp: Any, rng: jax.Array, logits: jax.Array,
-                    output_temperature: float | None = None) -> jax.Array:
-    """Images (B, H, W, C) in [min_pix, max_pix]: Gumbel-max component choice, logistic sample, RGB AR."""
-    if output_temperature is None:
-        output_temperature = hp.synthesis.output_temperature
-    min_pix, max_pix = pixel_range(hp.data.num_bits)
-    mixture_logits, means, log_scales, inv_scales, coefs = mol_params(hp, logits)
-    scales = 1.0 / inv_scales
-    choice_rng, logistic_rng = jax.random.split(rng)
-    u = jax.random.uniform(choice_rng, mixture_logits.shape, minval=1e-5, maxval=1.0 - 1e-5)
-    component = jnp.argmax(mixture_logits / output_temperature - jnp.log(-jnp.log(u)), axis=-1)
-    one_hot = jax.nn.one_hot(component, mixture_logits.shape[-1], dtype=means.dtype)[..., None]  # B,H,W,M,1
-    means, scales, coefs = (jnp.sum(p * one_hot, axis=-2) for p in (means, scales, coefs))
-    u = jax.random.uniform(logistic_rng, means.shape, minval=1e-5, maxval=1.0 - 1e-5)
-    x = means + scales * output_temperature * (jnp.log(u) - jnp.log(1.0 - u))
-    if x.shape[-1] != 3:
-        return jnp.clip(x, min_pix, max_pix)
-    r = jnp.clip(x[..., 0], min_pix, max_pix)
-    g = jnp.clip(x[..., 1] + coefs[..., 0] * r, min_pix, max_pix)
-    b = jnp.clip(x[..., 2] + coefs[..., 1] * r + coefs[..., 2] * g, min_pix, max_pix)
-    return jnp.stack([r, g, b], axis=-1)
-
-
-def sample_from_bernoulli(rng: jax.Array, logits: jax.Array) -> jax.Array:
-    """Binary images (B, 28, 28, 1) drawn with p = sigmoid(logits) on the central crop."""
-    probs = jax.nn.sigmoid(logits[:, MNIST_CROP, MNIST_CROP, :])
-    return jax.random.bernoulli(rng, probs).astype(logits.dtype)
-
-
-def sample_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
-    """Images from the output distribution of the dataset."""
-    if is_binarized_mnist(hp):
-        return sample_from_bernoulli(rng, logits)
-    return sample_from_mol(hp, rng, logits)
-
-
-def mean_of_mol(hp: Any, logits: jax.Array) -> jax.Array:
-    """The mixture's mean image (B, H, W, C) in [min_pix, max_pix] (SPEC.md section 5).
-
-    Each component's location for green (blue) is its mean plus the
-    coefficients times the same component's red (and green) locations, every
-    location clipped to the pixel range (the sampler with the logistic noise at
-    its mean, 0); the image is the mixture-weighted (softmax of the mixture
-    logits) sum of the locations. Clipping each component, as the pixel values
-    are, keeps an unlikely component with a far-off location from dragging the mean.
-    """
-    min_pix, max_pix = pixel_range(hp.data.num_bits)
-    mixture_logits, means, _, _, coefs = mol_params(hp, logits)
-    clip = lambda v: jnp.clip(v, min_pix, max_pix)  # noqa: E731
-    if means.shape[-1] == 3:
-        r = clip(means[..., 0])
-        g = clip(means[..., 1] + coefs[..., 0] * r)
-        b = clip(means[..., 2] + coefs[..., 1] * r + coefs[..., 2] * g)
-        means = jnp.stack([r, g, b], axis=-1)
-    else:
-        means = clip(means)
-    weights = jax.nn.softmax(mixture_logits, axis=-1)[..., None]  # B, H, W, M, 1
-    return jnp.clip(jnp.sum(means * weights, axis=-2), min_pix, max_pix)
-
-
-def mean_of_bernoulli(logits: jax.Array) -> jax.Array:
-    """Pixel probabilities (B, 28, 28, 1), sigmoid(logits) on the central crop."""
-    return jax.nn.sigmoid(logits[:, MNIST_CROP, MNIST_CROP, :])
-
-
-def mean_output(hp: Any, logits: jax.Array) -> jax.Array:
-    """The mean image of the output distribution of the dataset (no randomness, no temperature)."""
-    if is_binarized_mnist(hp):
-        return mean_of_bernoulli(logits)
-    return mean_of_mol(hp, logits)
-
-
-def render_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
-    """The images synthesis writes (synthesis.output_sampling): a sample at synthesis.output_temperature,
-    or the mean (`rng` unused)."""
-    sampling = hp.synthesis.output_sampling
-    if sampling == "mean":
-        return mean_output(hp, logits)
-    if sampling != "sample":
-        raise ValueError(f"synthesis.output_sampling must be 'sample' or 'mean', got {sampling!r}")
-    return sample_output(hp, rng, logits)

@@ -101,7 +101,7 @@ def _jitted_mol_nll(mixtures: int, channels: int, base: str, beta: float):
     # Compiled once per setting: op-by-op JAX would make the property test take a minute.
     import jax
 
-    from efficient_vdvae_jax.model.losses import mol_nll
+    from efficient_vdvae_jax.model.output_distribution import mol_nll
 
     hp = SimpleNamespace(
         model=SimpleNamespace(num_output_mixtures=mixtures, output_gradient_smoothing_beta=beta,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from efficient_vdvae_jax.model import UniversalAutoEncoder
-from efficient_vdvae_jax.model.layers import conv2d, same_padding
+from efficient_vdvae_jax.model.conv2d import conv2d, same_padding
 from tests.jax.helpers import load_reference_config, load_tiny_config
 
 

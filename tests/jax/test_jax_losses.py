@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from efficient_vdvae_jax.model.losses import bernoulli_nll, compute_loss, gaussian_kl, mol_nll, sample_from_mol
+from efficient_vdvae_jax.model.losses import compute_loss, gaussian_kl
+from efficient_vdvae_jax.model.output_distribution import bernoulli_nll, mol_nll, sample_from_mol
 from tests.jax.helpers import load_reference_config, load_tiny_config
 
 M, C = 2, 3
