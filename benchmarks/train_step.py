@@ -23,13 +23,15 @@ def torch_step(hp, batch: int):
     import torch
 
     from efficient_vdvae_torch.model import UniversalAutoEncoder
-    from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, train_step
+    from efficient_vdvae_torch.model.optimizers import build_optimizer
+    from efficient_vdvae_torch.model.schedules import learning_rate_schedule
+    from efficient_vdvae_torch.train_step import train_step
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = UniversalAutoEncoder(hp).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = build_optimizer(hp, model)
-    schedule = build_lr_schedule(hp, optimizer)
+    schedule = learning_rate_schedule(hp, optimizer)
     x = torch.from_numpy(random_images(hp, batch, channels_last=False)).to(device)
 
     def call(step: int) -> None:

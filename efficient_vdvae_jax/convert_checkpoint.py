@@ -232,7 +232,7 @@ def _torch_training_objects(hp: Any) -> tuple[Any, Any, Any, Any]:
     """(model, ema_model, optimizer, lr_schedule) as efficient_vdvae_torch/train.py builds them."""
     from efficient_vdvae_torch.model import UniversalAutoEncoder as TorchAutoEncoder
     from efficient_vdvae_torch.model.optimizers import build_optimizer as build_torch_optimizer
-    from efficient_vdvae_torch.model.schedules import build_lr_schedule as build_torch_lr_schedule
+    from efficient_vdvae_torch.model.schedules import learning_rate_schedule as build_torch_lr_schedule
 
     model, ema_model = TorchAutoEncoder(hp), TorchAutoEncoder(hp)
     optimizer = build_torch_optimizer(hp, model)

@@ -56,9 +56,9 @@ from efficient_vdvae_jax.data.official import load_official_images
 from efficient_vdvae_jax.distributed import (data_sharding, global_mesh, is_main_process, local_device_range,
                                              replicate, replicated_sharding, shard_batch, to_host)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
-from efficient_vdvae_jax.model.latent_layers import stats_to_std
+from efficient_vdvae_jax.model.latent_layers import gaussian_std
 from efficient_vdvae_jax.model.losses import gaussian_kl
-from efficient_vdvae_jax.model.output_distribution import bernoulli_nll, mol_nll, render_output
+from efficient_vdvae_jax.model.output_distribution import bernoulli_log_prob, mol_log_prob, render_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.trainer import abstract_train_state
 from hparams.saved_run import logs_dir
@@ -284,12 +284,12 @@ def make_importance_step(hp: Any, model: UniversalAutoEncoder, rows: int) -> Cal
                  for key, (variates, size) in zip(jax.random.split(noise_rng, len(shapes)), shapes)]
         logits, posterior, prior = model.apply({"params": params}, model_rng, xs, noise=noise)
         logits = logits.astype(jnp.float32)
-        nll = bernoulli_nll(xs, logits) if is_binarized_mnist(hp) else mol_nll(hp, xs, logits)
-        log_w = -jnp.sum(nll, axis=(1, 2))
+        log_px = bernoulli_log_prob(xs, logits) if is_binarized_mnist(hp) else mol_log_prob(hp, xs, logits)
+        log_w = jnp.sum(log_px, axis=(1, 2))
         for eps, post, pri in zip(noise, posterior, prior):
             post = tuple(t.astype(jnp.float32) for t in post)
             pri = tuple(t.astype(jnp.float32) for t in pri)
-            post_std, prior_std = stats_to_std(post, base, beta), stats_to_std(pri, base, beta)
+            post_std, prior_std = gaussian_std(post, base, beta), gaussian_std(pri, base, beta)
             z = eps * post_std + post[0]  # the z the model decoded
             log_w += _log_normal(z, pri[0], prior_std) - _log_normal(z, post[0], post_std)
         return log_w
@@ -371,9 +371,11 @@ def generate(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str 
 
 def make_div_stats_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     """`per_image = step(params, rng, x)`: (B, L, variates) KL in bits, averaged over positions."""
+    base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+
     def step(params, rng, x):
         _, posterior, prior = model.apply({"params": params}, rng, x)
-        return jnp.stack([jnp.mean(gaussian_kl(hp, post, pri), axis=(1, 2))
+        return jnp.stack([jnp.mean(gaussian_kl(post, pri, base, beta), axis=(1, 2))
                           for post, pri in zip(posterior, prior)], axis=1) / LN2
 
     return jax.jit(step)
@@ -407,7 +409,7 @@ def make_encoding_step(hp: Any, model: UniversalAutoEncoder, active: dict[int, n
     def step(params, rng, x, masks, posterior_temperature):
         _, posterior, _ = model.apply({"params": params}, rng, x, variate_masks=masks,
                                       posterior_temperature=posterior_temperature)
-        return {g: jnp.stack([posterior[g][0][..., variates], stats_to_std(posterior[g], base, beta)[..., variates]],
+        return {g: jnp.stack([posterior[g][0][..., variates], gaussian_std(posterior[g], base, beta)[..., variates]],
                              axis=-1)
                 for g, variates in active.items()}
 

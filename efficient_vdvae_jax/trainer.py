@@ -41,7 +41,7 @@ from efficient_vdvae_jax.distributed import (any_rank, gather_ints, gather_local
                                              local_device_range, replicate, replicated_sharding, shard_batch,
                                              to_host)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
-from efficient_vdvae_jax.model.output_distribution import mol_params, sample_output
+from efficient_vdvae_jax.model.output_distribution import mol_log_scales, sample_output, split_mol_logits
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.train_step import TrainState, create_train_state, init_params, make_train_step
 from hparams import ConfigError
@@ -156,9 +156,9 @@ def log_batch_summaries(hp: Any, writer: TensorBoardWriter, step: int, x: np.nda
     writer.add_histogram("Distributions/target", x, step, bins=20)
     writer.add_histogram("Distributions/output", samples, step, bins=20)
     if not binarized:
-        _, means, log_scales, _, _ = mol_params(hp, jnp.asarray(outputs["logits"]))
+        _, means, raw_scales, _ = split_mol_logits(hp, jnp.asarray(outputs["logits"]))
         writer.add_histogram("OutputLayer/means", np.asarray(means), step)
-        writer.add_histogram("OutputLayer/log_scales", np.asarray(log_scales), step)
+        writer.add_histogram("OutputLayer/log_scales", np.asarray(mol_log_scales(hp, raw_scales)[1]), step)
     if params is not None:
         for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
             writer.add_histogram("Weights/" + ".".join(path), np.asarray(value, np.float32), step)

@@ -9,10 +9,8 @@ from torch import nn
 
 from efficient_vdvae_torch.model import compute_loss
 from efficient_vdvae_torch.model.losses import LossOutput, count_active_groups
-from efficient_vdvae_torch.model.optimizers import build_optimizer
-from efficient_vdvae_torch.model.schedules import build_lr_schedule
 
-__all__ = ["build_optimizer", "build_lr_schedule", "train_step", "eval_step", "update_ema"]
+__all__ = ["train_step", "eval_step", "update_ema", "update_is_applied"]
 
 
 def train_step(hp, model: nn.Module, ema_model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -31,15 +29,15 @@ def train_step(hp, model: nn.Module, ema_model: nn.Module, optimizer: torch.opti
     out.loss.backward()
 
     grad_norm = _clip_and_measure_gradients(hp, model)
-    skipped = _should_skip(hp, grad_norm)
-    if not skipped:
+    applied = update_is_applied(hp, grad_norm)  # judged on the norm before clipping
+    if applied:
         optimizer.step()
         lr_schedule.step()
         update_ema(ema_model, model, hp.train.ema_decay)
     optimizer.zero_grad(set_to_none=True)
 
     stats = _stats(hp, out, logits)
-    stats.update(grad_norm=grad_norm, skipped=skipped, learning_rate=learning_rate)
+    stats.update(grad_norm=grad_norm, skipped=not applied, learning_rate=learning_rate)
     return stats
 
 
@@ -82,10 +80,11 @@ def _clip_and_measure_gradients(hp, model: nn.Module) -> float:
     return norm.item()
 
 
-def _should_skip(hp, grad_norm: float) -> bool:
+def update_is_applied(hp, grad_norm: float) -> bool:
+    """False when `optimizer.gradient_skip` and the norm is NaN/inf or >= `gradient_skip_threshold`."""
     if not hp.optimizer.gradient_skip:
-        return False
-    return not math.isfinite(grad_norm) or grad_norm >= hp.optimizer.gradient_skip_threshold
+        return True
+    return math.isfinite(grad_norm) and grad_norm < hp.optimizer.gradient_skip_threshold
 
 
 def _stats(hp, out: LossOutput, logits: torch.Tensor) -> dict:

@@ -35,9 +35,11 @@ from efficient_vdvae_torch.checkpoints import (CheckpointError, TrainingProgress
 from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.distributed import DistributedContext, all_reduce_sum, any_rank, barrier, gather_ints
 from efficient_vdvae_torch.model import UniversalAutoEncoder
+from efficient_vdvae_torch.model.optimizers import build_optimizer
 from efficient_vdvae_torch.model.output_distribution import OutputDistribution, mol_log_scales, split_mol_logits
+from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 from efficient_vdvae_torch.model.ssim import ssim_metric
-from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, eval_step, train_step
+from efficient_vdvae_torch.train_step import eval_step, train_step
 from efficient_vdvae_torch.training_noise import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
                                                   VALIDATION_STREAM, SeededLatentNoise)
 from hparams import ConfigError
@@ -76,7 +78,7 @@ def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> T
         model = model.to(memory_format=torch.channels_last)
     ema_model = copy.deepcopy(model).requires_grad_(False)
     optimizer = build_optimizer(hp, model)
-    lr_schedule = build_lr_schedule(hp, optimizer)
+    lr_schedule = learning_rate_schedule(hp, optimizer)
 
     state = load_checkpoint(checkpoint_file, map_location=ctx.device)
     if state is None:

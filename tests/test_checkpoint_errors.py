@@ -41,12 +41,12 @@ def load_with(framework: str, folder: Path, hp):
         from efficient_vdvae_torch.checkpoints import load_checkpoint, restore_training_state
         from efficient_vdvae_torch.model import UniversalAutoEncoder
         from efficient_vdvae_torch.model.optimizers import build_optimizer
-        from efficient_vdvae_torch.model.schedules import build_lr_schedule
+        from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 
         model, ema = UniversalAutoEncoder(hp), UniversalAutoEncoder(hp)
         optimizer = build_optimizer(hp, model)
         return restore_training_state(load_checkpoint(folder), model, ema, optimizer,
-                                      build_lr_schedule(hp, optimizer))
+                                      learning_rate_schedule(hp, optimizer))
     import jax
 
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
@@ -155,12 +155,12 @@ def write_checkpoint(framework: str, folder: Path, *settings: str) -> Path:
         from efficient_vdvae_torch.checkpoints import TrainingProgress, save_checkpoint, training_state
         from efficient_vdvae_torch.model import UniversalAutoEncoder
         from efficient_vdvae_torch.model.optimizers import build_optimizer
-        from efficient_vdvae_torch.model.schedules import build_lr_schedule
+        from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 
         model = UniversalAutoEncoder(hp)
         optimizer = build_optimizer(hp, model)
         save_checkpoint(training_state(TrainingProgress(), model, UniversalAutoEncoder(hp), optimizer,
-                                       build_lr_schedule(hp, optimizer)), path)
+                                       learning_rate_schedule(hp, optimizer)), path)
         return path
     import jax
 

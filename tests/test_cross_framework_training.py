@@ -79,7 +79,9 @@ def run_both(hp, steps: int):
     from efficient_vdvae_jax.model import UniversalAutoEncoder as JaxAutoEncoder
     from efficient_vdvae_jax.train_step import create_train_state, make_train_step
     from efficient_vdvae_torch.model import UniversalAutoEncoder as TorchAutoEncoder
-    from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, train_step
+    from efficient_vdvae_torch.model.optimizers import build_optimizer
+    from efficient_vdvae_torch.model.schedules import learning_rate_schedule
+    from efficient_vdvae_torch.train_step import train_step
 
     class KeyedNoiseAutoEncoder(JaxAutoEncoder):
         """Our JAX model whose posterior eps is `keyed_noise(rng)`, so that torch can be given the same."""
@@ -91,7 +93,7 @@ def run_both(hp, steps: int):
     model = TorchAutoEncoder(hp)
     ema_model = copy.deepcopy(model)
     optimizer = build_optimizer(hp, model)
-    schedule = build_lr_schedule(hp, optimizer)
+    schedule = learning_rate_schedule(hp, optimizer)
     params = torch_state_dict_to_flax_params(hp, model.state_dict())
     state = create_train_state(hp, jax.tree.map(jnp.asarray, params))
     jax_step = make_train_step(hp, KeyedNoiseAutoEncoder(hp))

@@ -99,7 +99,7 @@ def test_residual_cell_pads_its_first_conv_last_and_the_others_first(framework):
         import torch
 
         from efficient_vdvae_torch.model.layers import ResidualConvCell
-        cell = ResidualConvCell(1, channels, 0.5, 2, init_scale=1.0, use_1x1=False)
+        cell = ResidualConvCell(1, channels, 0.5, 2, init_scale=1.0, use_1x1_conv=False)
         with torch.no_grad():
             for conv, kernel, bias in zip(cell.convs[1::2], kernels, biases):
                 conv.weight.copy_(torch.from_numpy(kernel))

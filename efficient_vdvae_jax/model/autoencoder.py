@@ -71,8 +71,8 @@ class TopDown(nn.Module):
 
     hp: Any
 
-    def _blocks(self) -> list[tuple[LevelBlockDown, int]]:
-        """Every top-down block in execution order, with the index of its resolution level."""
+    def _blocks(self) -> list[tuple[int, LevelBlockDown]]:
+        """(top-level index, block) in execution order."""
         m = self.hp.model
         skip_filters = list(m.up_skip_filters)[::-1]
         resolutions = latent_resolutions(self.hp)
@@ -80,7 +80,8 @@ class TopDown(nn.Module):
         for i, stride in enumerate(m.down_strides):
             def level_block(stride: int, name: str) -> LevelBlockDown:
                 return LevelBlockDown(
-                    n_blocks=m.down_n_blocks[i], n_layers=m.down_n_layers[i], filters=m.down_filters[i], mid_ratio=m.down_mid_filters_ratio[i],
+                    n_blocks=m.down_n_blocks[i], n_layers=m.down_n_layers[i], filters=m.down_filters[i],
+                    mid_ratio=m.down_mid_filters_ratio[i],
                     kernel_size=m.down_kernel_size[i], stride=stride, skip_filters=skip_filters[i],
                     variates=m.down_latent_variates[i], out_resolution=resolutions[i],
                     distribution_base=m.distribution_base,
@@ -92,9 +93,9 @@ class TopDown(nn.Module):
                     use_1x1_conv=m.use_1x1_conv, checkpointed=self.hp.run.gradient_checkpointing,
                     dtype=compute_dtype(self.hp), initializer=initializer_scheme(self.hp, "jax"), name=name)
 
-            blocks.append((level_block(stride, f"levels_down_upsample_{i}"), i))
+            blocks.append((i, level_block(stride, f"levels_down_upsample_{i}")))
             for j in range(m.down_n_blocks_per_res[i]):
-                blocks.append((level_block(1, f"levels_down_{i}_{j}"), i))
+                blocks.append((i, level_block(1, f"levels_down_{i}_{j}")))
         return blocks
 
     @nn.compact
@@ -111,7 +112,7 @@ class TopDown(nn.Module):
         blocks = self._blocks()
         rngs = jax.random.split(rng, len(blocks))
         posteriors, priors, zs = [], [], []
-        for g, (block, level) in enumerate(blocks):
+        for g, (level, block) in enumerate(blocks):
             y, posterior, prior, z = block(
                 y, None if skips is None else skips[level], rngs[g], temperature=temperatures[g],
                 noise=None if noise is None else noise[g],

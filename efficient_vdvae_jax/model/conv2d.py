@@ -9,10 +9,10 @@ import jax.numpy as jnp
 
 from efficient_vdvae_common.padding import as_pair, same_padding_pairs
 
-KernelSize = Union[int, tuple[int, int], list[int]]
+IntPair = Union[int, tuple[int, int], list[int]]
 
 
-def same_padding(kernel_size: KernelSize, stride: int, odd_pixel_first: bool = True
+def same_padding(kernel_size: IntPair, stride: int, odd_pixel_first: bool = True
                  ) -> tuple[tuple[int, int], tuple[int, int]]:
     """((top, bottom), (left, right)): `k - s` per axis, an odd total's extra pixel on the
     top/left (the PyTorch original's Conv2d) or, with `odd_pixel_first=False`, bottom/right.
@@ -46,7 +46,7 @@ def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def conv2d(features: int, kernel_size: KernelSize, stride: int = 1, init_scale: float = 1.0,
+def conv2d(features: int, kernel_size: IntPair, stride: int = 1, init_scale: float = 1.0,
            dtype: Any = None, name: str | None = None, odd_pixel_first: bool = True,
            torch_default_init_fan_in: int | None = None) -> nn.Conv:
     """A 'same'-padded convolution with Glorot weights (times `init_scale`) and zero biases.

@@ -21,39 +21,38 @@ def beta_softplus(x: jax.Array, beta: float) -> jax.Array:
     return jax.nn.softplus(beta * x) / beta
 
 
-def stats_to_std(stats: GaussianStats, distribution_base: str, beta: float) -> jax.Array:
-    """The standard deviation of a Gaussian given by its stats."""
-    _, scale = stats
-    return jnp.exp(beta * scale) if distribution_base == "logstd" else scale
+def gaussian_std(stats: GaussianStats, base: str, smoothing_beta: float) -> jax.Array:
+    """The standard deviation of a Gaussian given by its stats in either base."""
+    return stats[1] if base == "std" else jnp.exp(smoothing_beta * stats[1])
 
 
-def sample_gaussian(stats: GaussianStats, distribution_base: str, beta: float,
+def sample_gaussian(stats: GaussianStats, base: str, smoothing_beta: float,
                     eps: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
     """z = mean + T * std * eps, with eps standard normal."""
     mean = stats[0]
-    return mean + temperature * stats_to_std(stats, distribution_base, beta) * eps
+    return mean + temperature * gaussian_std(stats, base, smoothing_beta) * eps
 
 
 class GaussianLatentLayer(nn.Module):
     """1x1 conv to (mean, raw) per variate; optionally relative to a prior (NVAE residual)."""
 
     variates: int
-    distribution_base: str
-    beta: float
+    base: str
+    smoothing_beta: float
     dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, prior_stats: GaussianStats | None = None) -> GaussianStats:
         h = conv2d(2 * self.variates, 1, dtype=self.dtype, name="projection")(x)
         mean, raw = jnp.split(h, 2, axis=-1)
-        if self.distribution_base == "std":
-            scale = beta_softplus(raw, self.beta)
+        if self.base == "std":
+            scale = beta_softplus(raw, self.smoothing_beta)
             if prior_stats is not None:
                 mean, scale = mean + prior_stats[0], scale * prior_stats[1]
-        elif self.distribution_base == "logstd":
+        elif self.base == "logstd":
             scale = raw
             if prior_stats is not None:
                 mean, scale = mean + prior_stats[0], scale + prior_stats[1]
         else:
-            raise ValueError(f"model.distribution_base must be 'std' or 'logstd', got {self.distribution_base!r}")
+            raise ValueError(f"model.distribution_base must be 'std' or 'logstd', got {self.base!r}")
         return mean, scale

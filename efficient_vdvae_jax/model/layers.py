@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from efficient_vdvae_common.padding import as_pair
-from efficient_vdvae_jax.model.conv2d import KernelSize, conv2d
+from efficient_vdvae_jax.model.conv2d import IntPair, conv2d
 from efficient_vdvae_jax.model.latent_layers import GaussianLatentLayer, GaussianStats, sample_gaussian
 
 
@@ -29,7 +29,7 @@ class ResidualConvCell(nn.Module):
     n_layers: int
     in_filters: int
     mid_ratio: float
-    kernel_size: KernelSize
+    kernel_size: IntPair
     init_scale: float
     residual: bool
     out_ratio: float
@@ -97,7 +97,7 @@ class LevelBlockUp(nn.Module):
     in_filters: int
     filters: int
     mid_ratio: float
-    kernel_size: KernelSize
+    kernel_size: IntPair
     stride: int
     skip_filters: int
     use_skip: bool
@@ -131,7 +131,7 @@ class LevelBlockDown(nn.Module):
     n_layers: int
     filters: int
     mid_ratio: float
-    kernel_size: KernelSize
+    kernel_size: IntPair
     stride: int
     skip_filters: int
     variates: int

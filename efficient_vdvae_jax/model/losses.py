@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from efficient_vdvae_common.architecture import LN2, image_dims, is_binarized_mnist, report_units_per_nat_per_dim
 from efficient_vdvae_jax.model.latent_layers import GaussianStats
-from efficient_vdvae_jax.model.output_distribution import bernoulli_nll, mol_nll
+from efficient_vdvae_jax.model.output_distribution import bernoulli_log_prob, mol_log_prob
 from efficient_vdvae_jax.model.schedules import gamma_balanced_kl, kl_beta
 
 
@@ -24,17 +24,16 @@ class LossOutput(NamedTuple):
     nelbo: jax.Array  # recon_report + kl_div, report units
     beta: jax.Array
 
-def gaussian_kl(hp: Any, posterior: GaussianStats, prior: GaussianStats) -> jax.Array:
-    """Elementwise KL(posterior || prior) of diagonal Gaussians."""
-    if hp.model.distribution_base == "logstd":
-        b = hp.model.gradient_smoothing_beta
-        inv_prior_std = jnp.exp(-b * prior[1])
-        ratio = jnp.exp(b * posterior[1]) * inv_prior_std
-    else:
+def gaussian_kl(posterior: GaussianStats, prior: GaussianStats, base: str, smoothing_beta: float) -> jax.Array:
+    """Elementwise KL(posterior || prior) of diagonal Gaussians given in `base`."""
+    if base == "std":
         inv_prior_std = 1.0 / prior[1]
         ratio = posterior[1] * inv_prior_std
-    d = (posterior[0] - prior[0]) * inv_prior_std
-    return 0.5 * (d * d + ratio * ratio) - 0.5 - jnp.log(ratio)
+    else:
+        inv_prior_std = jnp.exp(-smoothing_beta * prior[1])
+        ratio = jnp.exp(smoothing_beta * posterior[1]) * inv_prior_std
+    delta = (posterior[0] - prior[0]) * inv_prior_std
+    return 0.5 * (delta * delta + ratio * ratio) - 0.5 - jnp.log(ratio)
 
 
 def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequence[GaussianStats],
@@ -55,10 +54,11 @@ def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequ
     posterior_stats, prior_stats = as_f32(posterior_stats), as_f32(prior_stats)
     batch = x.shape[0]
     dims = image_dims(hp)
-    nll = bernoulli_nll(x, logits) if is_binarized_mnist(hp) else mol_nll(hp, x, logits)
-    recon_loss = jnp.sum(nll) / (batch * dims)
+    log_prob = bernoulli_log_prob(x, logits) if is_binarized_mnist(hp) else mol_log_prob(hp, x, logits)
+    recon_loss = -jnp.sum(log_prob) / (batch * dims)
 
-    kls = [gaussian_kl(hp, p, q) for p, q in zip(posterior_stats, prior_stats)]
+    base, smoothing_beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+    kls = [gaussian_kl(p, q, base, smoothing_beta) for p, q in zip(posterior_stats, prior_stats)]
     if variate_masks is not None:
         kls = [kl if mask is None else kl * jnp.asarray(mask, kl.dtype) for kl, mask in zip(kls, variate_masks)]
     kl_per_group = jnp.stack([jnp.sum(kl) for kl in kls]) / (batch * dims)

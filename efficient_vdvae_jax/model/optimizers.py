@@ -14,13 +14,13 @@ from flax import traverse_util
 from efficient_vdvae_jax.model.schedules import learning_rate_schedule
 
 # Modules whose kernels are not decayed: the input/output convs, skip, z and Gaussian projections.
-_UNDECAYED_MODULES = ("input_conv", "output_conv", "skip_projection", "z_projection", "projection")
+UNDECAYED_CONVS = ("input_conv", "output_conv", "skip_projection", "z_projection", "projection")
 
 
 def weight_decay_mask(params: Any) -> Any:
     """True for the conv kernels that get weight decay; biases, `trainable_h` and `scale_bias` never do."""
     flat = traverse_util.flatten_dict(params)
-    mask = {path: path[-1] == "kernel" and not any(name in _UNDECAYED_MODULES for name in path[:-1])
+    mask = {path: path[-1] == "kernel" and not any(name in UNDECAYED_CONVS for name in path[:-1])
             for path in flat}
     return traverse_util.unflatten_dict(mask)
 

@@ -2,7 +2,7 @@
 
 Discretized mixture of logistics for RGB and single-channel images, and a
 Bernoulli for binarized MNIST, with the distributions' mean images
-(`mean_output`, for synthesis.output_sampling = 'mean'). The output conv's
+(`output_mean`, for synthesis.output_sampling = 'mean'). The output conv's
 mixture parameters use the JAX original's (3M, C) layout: logits channel
 `M + j*C + c` holds parameter j of colour channel c.
 """
@@ -18,24 +18,38 @@ from efficient_vdvae_common.architecture import MNIST_CROP, is_binarized_mnist, 
 from efficient_vdvae_jax.model.latent_layers import beta_softplus
 
 
-def mol_params(hp: Any, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Split logits (B, H, W, M(3C+1)) into mixture logits (B,H,W,M) and, each (B,H,W,M,C),
-    means, log scales, inverse scales and tanh'd coefficients."""
+def split_mol_logits(hp: Any, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(mixture logits (B,H,W,M), means, raw scales, tanh'd coefficients (each B,H,W,M,C))."""
     m, c = hp.model.num_output_mixtures, hp.data.channels
-    mixture_logits = logits[..., :m]
     params = logits[..., m:].reshape(logits.shape[:-1] + (3 * m, c))
-    means, raw_scales, raw_coefs = params[..., :m, :], params[..., m:2 * m, :], params[..., 2 * m:, :]
-    b = hp.model.output_gradient_smoothing_beta
-    if hp.model.output_distribution_base == "std":
-        scales = jnp.maximum(beta_softplus(raw_scales, b), math.exp(hp.loss.min_mol_logscale))
-        log_scales, inv_scales = jnp.log(scales), 1.0 / scales
-    elif hp.model.output_distribution_base == "logstd":
-        log_scales = jnp.maximum(raw_scales, hp.loss.min_mol_logscale)
-        inv_scales = jnp.exp(-b * log_scales)
-    else:
-        raise ValueError(f"model.output_distribution_base must be 'std' or 'logstd', "
-                         f"got {hp.model.output_distribution_base!r}")
-    return mixture_logits, means, log_scales, inv_scales, jnp.tanh(raw_coefs)
+    return logits[..., :m], params[..., :m, :], params[..., m:2 * m, :], jnp.tanh(params[..., 2 * m:, :])
+
+
+def _check_output_base(hp: Any) -> str:
+    base = hp.model.output_distribution_base
+    if base not in ("std", "logstd"):
+        raise ValueError(f"model.output_distribution_base must be 'std' or 'logstd', got {base!r}")
+    return base
+
+
+def _std_base_scales(hp: Any, raw: jax.Array) -> jax.Array:
+    return jnp.maximum(beta_softplus(raw, hp.model.output_gradient_smoothing_beta), math.exp(hp.loss.min_mol_logscale))
+
+
+def mol_log_scales(hp: Any, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(inverse scale, log scale) of the logistics, floored at exp(min_mol_logscale)."""
+    if _check_output_base(hp) == "std":
+        scales = _std_base_scales(hp, raw)
+        return 1.0 / scales, jnp.log(scales)
+    log_scales = jnp.maximum(raw, hp.loss.min_mol_logscale)
+    return jnp.exp(-hp.model.output_gradient_smoothing_beta * log_scales), log_scales
+
+
+def mol_scales(hp: Any, raw: jax.Array) -> jax.Array:
+    """The logistics' scales, floored at exp(min_mol_logscale)."""
+    if _check_output_base(hp) == "std":
+        return _std_base_scales(hp, raw)
+    return jnp.exp(hp.model.output_gradient_smoothing_beta * jnp.maximum(raw, hp.loss.min_mol_logscale))
 
 
 def _autoregressive_means(means: jax.Array, coefs: jax.Array, rgb: jax.Array) -> jax.Array:
@@ -48,11 +62,12 @@ def _autoregressive_means(means: jax.Array, coefs: jax.Array, rgb: jax.Array) ->
                       means[..., 2] + coefs[..., 1] * r + coefs[..., 2] * g], axis=-1)
 
 
-def mol_nll(hp: Any, targets: jax.Array, logits: jax.Array) -> jax.Array:
-    """Per-pixel negative log-likelihood (B, H, W) of a discretized mixture of logistics."""
+def mol_log_prob(hp: Any, targets: jax.Array, logits: jax.Array) -> jax.Array:
+    """Log-likelihood of each pixel (B, H, W), summed over channels, mixed over components."""
     min_pix, max_pix = pixel_range(hp.data.num_bits)
     n_classes = 2.0 ** hp.data.num_bits - 1.0
-    mixture_logits, means, log_scales, inv_scales, coefs = mol_params(hp, logits)
+    mixture_logits, means, raw_scales, coefs = split_mol_logits(hp, logits)
+    inv_scales, log_scales = mol_log_scales(hp, raw_scales)
     t = targets[..., None, :]  # B, H, W, 1, C
     centered = t - _autoregressive_means(means, coefs, t)
     plus = inv_scales * (centered + 1.0 / n_classes)
@@ -68,24 +83,24 @@ def mol_nll(hp: Any, targets: jax.Array, logits: jax.Array) -> jax.Array:
                                 jnp.where(delta > 1e-5, jnp.log(jnp.maximum(delta, 1e-12)),
                                           log_pdf_mid - math.log(n_classes / 2.0))))
     log_p = jnp.sum(log_p, axis=-1) + jax.nn.log_softmax(mixture_logits, axis=-1)
-    return -jax.nn.logsumexp(log_p, axis=-1)
+    return jax.nn.logsumexp(log_p, axis=-1)
 
 
-def bernoulli_nll(targets: jax.Array, logits: jax.Array) -> jax.Array:
-    """Per-pixel negative log-likelihood (B, 28, 28) on the central crop of padded MNIST."""
+def bernoulli_log_prob(targets: jax.Array, logits: jax.Array) -> jax.Array:
+    """Log-likelihood of each pixel (B, 28, 28) on the central crop of padded MNIST."""
     t = targets[:, MNIST_CROP, MNIST_CROP, 0]
     l = logits[:, MNIST_CROP, MNIST_CROP, 0]  # noqa: E741
-    return jax.nn.softplus(l) - t * l
+    return t * l - jax.nn.softplus(l)
 
 
-def sample_from_mol(hp: Any, rng: jax.Array, logits: jax.Array,
+def sample_mol(hp: Any, rng: jax.Array, logits: jax.Array,
                     output_temperature: float | None = None) -> jax.Array:
     """Images (B, H, W, C) in [min_pix, max_pix]: Gumbel-max component choice, logistic sample, RGB AR."""
     if output_temperature is None:
         output_temperature = hp.synthesis.output_temperature
     min_pix, max_pix = pixel_range(hp.data.num_bits)
-    mixture_logits, means, log_scales, inv_scales, coefs = mol_params(hp, logits)
-    scales = 1.0 / inv_scales
+    mixture_logits, means, raw_scales, coefs = split_mol_logits(hp, logits)
+    scales = mol_scales(hp, raw_scales)
     choice_rng, logistic_rng = jax.random.split(rng)
     u = jax.random.uniform(choice_rng, mixture_logits.shape, minval=1e-5, maxval=1.0 - 1e-5)
     component = jnp.argmax(mixture_logits / output_temperature - jnp.log(-jnp.log(u)), axis=-1)
@@ -101,7 +116,7 @@ def sample_from_mol(hp: Any, rng: jax.Array, logits: jax.Array,
     return jnp.stack([r, g, b], axis=-1)
 
 
-def sample_from_bernoulli(rng: jax.Array, logits: jax.Array) -> jax.Array:
+def sample_bernoulli(rng: jax.Array, logits: jax.Array) -> jax.Array:
     """Binary images (B, 28, 28, 1) drawn with p = sigmoid(logits) on the central crop."""
     probs = jax.nn.sigmoid(logits[:, MNIST_CROP, MNIST_CROP, :])
     return jax.random.bernoulli(rng, probs).astype(logits.dtype)
@@ -110,11 +125,11 @@ def sample_from_bernoulli(rng: jax.Array, logits: jax.Array) -> jax.Array:
 def sample_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
     """Images from the output distribution of the dataset."""
     if is_binarized_mnist(hp):
-        return sample_from_bernoulli(rng, logits)
-    return sample_from_mol(hp, rng, logits)
+        return sample_bernoulli(rng, logits)
+    return sample_mol(hp, rng, logits)
 
 
-def mean_of_mol(hp: Any, logits: jax.Array) -> jax.Array:
+def mol_mean(hp: Any, logits: jax.Array) -> jax.Array:
     """The mixture's mean image (B, H, W, C) in [min_pix, max_pix] (SPEC.md section 5).
 
     Each component's location for green (blue) is its mean plus the
@@ -125,7 +140,7 @@ def mean_of_mol(hp: Any, logits: jax.Array) -> jax.Array:
     are, keeps an unlikely component with a far-off location from dragging the mean.
     """
     min_pix, max_pix = pixel_range(hp.data.num_bits)
-    mixture_logits, means, _, _, coefs = mol_params(hp, logits)
+    mixture_logits, means, _, coefs = split_mol_logits(hp, logits)
     clip = lambda v: jnp.clip(v, min_pix, max_pix)  # noqa: E731
     if means.shape[-1] == 3:
         r = clip(means[..., 0])
@@ -138,16 +153,16 @@ def mean_of_mol(hp: Any, logits: jax.Array) -> jax.Array:
     return jnp.clip(jnp.sum(means * weights, axis=-2), min_pix, max_pix)
 
 
-def mean_of_bernoulli(logits: jax.Array) -> jax.Array:
+def bernoulli_mean(logits: jax.Array) -> jax.Array:
     """Pixel probabilities (B, 28, 28, 1), sigmoid(logits) on the central crop."""
     return jax.nn.sigmoid(logits[:, MNIST_CROP, MNIST_CROP, :])
 
 
-def mean_output(hp: Any, logits: jax.Array) -> jax.Array:
+def output_mean(hp: Any, logits: jax.Array) -> jax.Array:
     """The mean image of the output distribution of the dataset (no randomness, no temperature)."""
     if is_binarized_mnist(hp):
-        return mean_of_bernoulli(logits)
-    return mean_of_mol(hp, logits)
+        return bernoulli_mean(logits)
+    return mol_mean(hp, logits)
 
 
 def render_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
@@ -155,7 +170,7 @@ def render_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
     or the mean (`rng` unused)."""
     sampling = hp.synthesis.output_sampling
     if sampling == "mean":
-        return mean_output(hp, logits)
+        return output_mean(hp, logits)
     if sampling != "sample":
         raise ValueError(f"synthesis.output_sampling must be 'sample' or 'mean', got {sampling!r}")
     return sample_output(hp, rng, logits)

@@ -11,7 +11,7 @@ from efficient_vdvae_common.architecture import (latent_resolutions, num_latent_
 from efficient_vdvae_common.initialization import initializer_scheme
 from efficient_vdvae_common.temperatures import per_group_temperatures
 from efficient_vdvae_torch.model.conv2d import Conv2d
-from efficient_vdvae_torch.model.latent_layers import LatentStats
+from efficient_vdvae_torch.model.latent_layers import GaussianStats
 from efficient_vdvae_torch.model.layers import LevelBlockDown, LevelBlockUp
 from efficient_vdvae_torch.model.output_distribution import OutputDistribution, sample_output
 
@@ -77,7 +77,7 @@ class TopDown(nn.Module):
     def forward(self, skips: list[torch.Tensor], posterior_temperature: float = 1.0,
                 variate_masks: Sequence[torch.Tensor | None] | None = None,
                 noise: Sequence[torch.Tensor] | None = None, prior_noise: Sequence[torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, list[LatentStats], list[LatentStats]]:
+                ) -> tuple[torch.Tensor, list[GaussianStats], list[GaussianStats]]:
         y = self.trainable_h.expand(skips[0].shape[0], -1, -1, -1)
         posterior_stats, prior_stats = [], []
         for g, (i, block) in enumerate(self._blocks()):
@@ -127,7 +127,7 @@ class UniversalAutoEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, variate_masks: Sequence | None = None, posterior_temperature: float = 1.0,
                 noise: Sequence[torch.Tensor] | None = None, prior_noise: Sequence[torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, list[LatentStats], list[LatentStats]]:
+                ) -> tuple[torch.Tensor, list[GaussianStats], list[GaussianStats]]:
         """(logits, posterior stats, prior stats), stats per latent group in top-down order.
 
         variate_masks: None, or L masks of shape (variates,) with values in {0, 1}

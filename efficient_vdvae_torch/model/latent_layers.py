@@ -8,7 +8,7 @@ from torch import nn
 from efficient_vdvae_torch.model.conv2d import Conv2d
 
 # (mean, std) in the 'std' base, (mean, logstd) in the 'logstd' base.
-LatentStats = tuple[torch.Tensor, torch.Tensor]
+GaussianStats = tuple[torch.Tensor, torch.Tensor]
 
 DISTRIBUTION_BASES = ("std", "logstd")
 
@@ -19,12 +19,12 @@ def check_distribution_base(base: str, key: str = "model.distribution_base") -> 
     return base
 
 
-def softplus_beta(x: torch.Tensor, beta: float) -> torch.Tensor:
+def beta_softplus(x: torch.Tensor, beta: float) -> torch.Tensor:
     """log(1 + exp(beta * x)) / beta (linear above beta * x = 20, as nn.Softplus)."""
     return F.softplus(x, beta=beta)
 
 
-def gaussian_std(stats: LatentStats, base: str, smoothing_beta: float) -> torch.Tensor:
+def gaussian_std(stats: GaussianStats, base: str, smoothing_beta: float) -> torch.Tensor:
     """The standard deviation of a Gaussian given by its stats in either base."""
     return stats[1] if base == "std" else torch.exp(smoothing_beta * stats[1])
 
@@ -32,17 +32,17 @@ def gaussian_std(stats: LatentStats, base: str, smoothing_beta: float) -> torch.
 class GaussianLatentLayer(nn.Module):
     """1x1 conv to 2 * variates channels: (mean, raw scale), mean first."""
 
-    def __init__(self, in_filters: int, num_variates: int, base: str, smoothing_beta: float):
+    def __init__(self, in_filters: int, variates: int, base: str, smoothing_beta: float):
         super().__init__()
-        self.projection = Conv2d(in_filters, 2 * num_variates, 1)
+        self.projection = Conv2d(in_filters, 2 * variates, 1)
         self.base = check_distribution_base(base)
         self.smoothing_beta = smoothing_beta
 
-    def forward(self, x: torch.Tensor, prior_stats: LatentStats | None = None) -> LatentStats:
+    def forward(self, x: torch.Tensor, prior_stats: GaussianStats | None = None) -> GaussianStats:
         """Stats of the distribution; `prior_stats` makes it residual to that prior (NVAE)."""
         mean, raw = torch.chunk(self.projection(x), 2, dim=1)
         if self.base == "std":
-            scale = softplus_beta(raw, self.smoothing_beta)
+            scale = beta_softplus(raw, self.smoothing_beta)
             if prior_stats is not None:
                 mean, scale = mean + prior_stats[0], scale * prior_stats[1]
         else:
@@ -51,10 +51,10 @@ class GaussianLatentLayer(nn.Module):
                 mean, scale = mean + prior_stats[0], scale + prior_stats[1]
         return mean, scale
 
-    def std(self, stats: LatentStats) -> torch.Tensor:
+    def std(self, stats: GaussianStats) -> torch.Tensor:
         return gaussian_std(stats, self.base, self.smoothing_beta)
 
-    def sample(self, stats: LatentStats, temperature: float = 1.0, noise: torch.Tensor | None = None
+    def sample(self, stats: GaussianStats, temperature: float = 1.0, noise: torch.Tensor | None = None
                ) -> torch.Tensor:
         """z = mean + temperature * std * eps; `noise` supplies eps (tests), else eps ~ N(0, 1).
 

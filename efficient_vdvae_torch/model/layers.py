@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from efficient_vdvae_common.architecture import prior_init_scale, stable_init_scale, z_projection_init_scale
 from efficient_vdvae_common.initialization import initializer_scheme
 from efficient_vdvae_torch.model.conv2d import Conv2d, IntPair
-from efficient_vdvae_torch.model.latent_layers import GaussianLatentLayer, LatentStats
+from efficient_vdvae_torch.model.latent_layers import GaussianLatentLayer, GaussianStats
 
 
 class ResidualConvCell(nn.Module):
@@ -25,17 +25,17 @@ class ResidualConvCell(nn.Module):
     bias like the other convs (the JAX original).
     """
 
-    def __init__(self, n_layers: int, in_filters: int, bottleneck_ratio: float, kernel_size: IntPair,
-                 init_scale: float, residual: bool = True, use_1x1: bool = True, output_ratio: float = 1.0,
+    def __init__(self, n_layers: int, in_filters: int, mid_ratio: float, kernel_size: IntPair,
+                 init_scale: float, residual: bool = True, use_1x1_conv: bool = True, out_ratio: float = 1.0,
                  checkpointed: bool = False, initializer: str = "torch"):
         super().__init__()
-        if residual and output_ratio != 1.0:
-            raise ValueError(f"a residual cell must keep its width (output_ratio={output_ratio})")
+        if residual and out_ratio != 1.0:
+            raise ValueError(f"a residual cell must keep its width (out_ratio={out_ratio})")
         self.residual = residual
         self.checkpointed = checkpointed
-        mid_filters = int(in_filters * bottleneck_ratio)
-        out_filters = int(in_filters * output_ratio)
-        outer_kernel = 1 if use_1x1 else kernel_size
+        mid_filters = int(in_filters * mid_ratio)
+        out_filters = int(in_filters * out_ratio)
+        outer_kernel = 1 if use_1x1_conv else kernel_size
 
         # The PyTorch original built this first conv with torch's own init and padding='same'.
         layers: list[nn.Module] = [nn.SiLU(), Conv2d(in_filters, mid_filters, outer_kernel,
@@ -106,7 +106,7 @@ def _residual_stack(hp, n_blocks: int, n_layers: int, filters: int, ratio: float
                     kernel_size: IntPair) -> nn.Sequential:
     return nn.Sequential(*[
         ResidualConvCell(n_layers, filters, ratio, kernel_size, init_scale=stable_init_scale(hp),
-                         use_1x1=hp.model.use_1x1_conv, checkpointed=hp.run.gradient_checkpointing,
+                         use_1x1_conv=hp.model.use_1x1_conv, checkpointed=hp.run.gradient_checkpointing,
                          initializer=initializer_scheme(hp, "torch"))
         for _ in range(n_blocks)
     ])
@@ -152,11 +152,11 @@ class LevelBlockDown(nn.Module):
         self.residual_block = _residual_stack(hp, m.down_n_blocks[level], n_layers, filters, ratio, kernel)
         self.posterior_net = nn.Sequential(ResidualConvCell(
             n_layers, filters + skip_filters, ratio * 0.5, kernel, init_scale=1.0, residual=False,
-            use_1x1=m.use_1x1_conv, output_ratio=0.5, checkpointed=hp.run.gradient_checkpointing,
+            use_1x1_conv=m.use_1x1_conv, out_ratio=0.5, checkpointed=hp.run.gradient_checkpointing,
             initializer=initializer_scheme(hp, "torch")))
         self.prior_net = nn.Sequential(ResidualConvCell(
             n_layers, filters, ratio, kernel, init_scale=prior_init_scale(hp),
-            residual=False, use_1x1=m.use_1x1_conv, output_ratio=2.0,
+            residual=False, use_1x1_conv=m.use_1x1_conv, out_ratio=2.0,
             checkpointed=hp.run.gradient_checkpointing, initializer=initializer_scheme(hp, "torch")))
         self.prior_layer = GaussianLatentLayer(filters, variates, m.distribution_base, m.gradient_smoothing_beta)
         self.posterior_layer = GaussianLatentLayer(filters, variates, m.distribution_base, m.gradient_smoothing_beta)
@@ -165,7 +165,7 @@ class LevelBlockDown(nn.Module):
             self.z_projection.weight.mul_(z_projection_init_scale(hp))
         self.use_residual_distribution = m.use_residual_distribution
 
-    def _prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, LatentStats]:
+    def _prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, GaussianStats]:
         if self.stride > 1:
             y = self.unpool(y)
         kl_residual, y_prior = torch.chunk(self.prior_net(y), 2, dim=1)
@@ -178,7 +178,7 @@ class LevelBlockDown(nn.Module):
 
     def forward(self, x_skip: torch.Tensor, y: torch.Tensor, posterior_temperature: float = 1.0,
                 variate_mask: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                prior_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, LatentStats, LatentStats]:
+                prior_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, GaussianStats, GaussianStats]:
         """One latent group of the inference pass; `noise` overrides the posterior's eps, `prior_noise` the
         eps of the masked-off variates' prior sample."""
         y, kl_residual, prior_stats = self._prior(y)

@@ -8,7 +8,7 @@ import torch
 import torch.distributed
 
 from efficient_vdvae_common.architecture import LN2, image_dims, report_units_per_nat_per_dim
-from efficient_vdvae_torch.model.latent_layers import LatentStats, check_distribution_base
+from efficient_vdvae_torch.model.latent_layers import GaussianStats, check_distribution_base
 from efficient_vdvae_torch.model.output_distribution import OutputDistribution, bernoulli_log_prob, mol_log_prob
 from efficient_vdvae_torch.model.schedules import gamma_weights, kl_beta, use_gamma
 
@@ -27,7 +27,7 @@ class LossOutput:
     beta: float
 
 
-def kl_divergence(posterior: LatentStats, prior: LatentStats, base: str, smoothing_beta: float) -> torch.Tensor:
+def gaussian_kl(posterior: GaussianStats, prior: GaussianStats, base: str, smoothing_beta: float) -> torch.Tensor:
     """Elementwise KL(posterior || prior) of diagonal Gaussians given in `base`."""
     if base == "std":
         inv_prior_std = 1.0 / prior[1]
@@ -56,8 +56,8 @@ def global_batch_mean(batch_means: torch.Tensor, batch: int) -> torch.Tensor:
     return (sums[:-1] / sums[-1]).to(means.dtype)
 
 
-def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Sequence[LatentStats],
-                 prior_stats: Sequence[LatentStats], step: int | None,
+def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Sequence[GaussianStats],
+                 prior_stats: Sequence[GaussianStats], step: int | None,
                  variate_masks: Sequence | None = None) -> LossOutput:
     """The objective for a batch; `step=None` is evaluation (beta 1, no gamma balancing).
 
@@ -82,7 +82,7 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
     kl_per_group, avg_kl_per_group = [], []
     masks = [None] * len(posterior_stats) if variate_masks is None else variate_masks
     for post, prior, mask in zip(posterior_stats, prior_stats, masks, strict=True):
-        kl = kl_divergence((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
+        kl = gaussian_kl((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
                            base, smoothing_beta)
         if mask is not None:
             kl = kl * torch.as_tensor(mask, dtype=kl.dtype, device=kl.device).view(1, -1, 1, 1)
@@ -113,7 +113,7 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
     )
 
 
-def kl_per_variate(hp, posterior_stats: Sequence[LatentStats], prior_stats: Sequence[LatentStats]) -> torch.Tensor:
+def kl_per_variate(hp, posterior_stats: Sequence[GaussianStats], prior_stats: Sequence[GaussianStats]) -> torch.Tensor:
     """(L, variates) KL in bits, averaged over batch and positions: one batch of div_stats."""
     base, smoothing_beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
     widths = {post[0].shape[1] for post in posterior_stats}
@@ -121,7 +121,7 @@ def kl_per_variate(hp, posterior_stats: Sequence[LatentStats], prior_stats: Sequ
         raise ValueError(f"div_stats needs the same number of variates in every group "
                          f"(model.down_latent_variates), got {sorted(widths)}")
     return torch.stack([
-        kl_divergence((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
+        gaussian_kl((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
                       base, smoothing_beta).mean(dim=(0, 2, 3)) / LN2
         for post, prior in zip(posterior_stats, prior_stats, strict=True)
     ])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from efficient_vdvae_common.architecture import MNIST_CROP, is_binarized_mnist, pixel_range
-from efficient_vdvae_torch.model.latent_layers import check_distribution_base, softplus_beta
+from efficient_vdvae_torch.model.latent_layers import check_distribution_base, beta_softplus
 
 # Uniform draws stay away from 0 and 1 so that the logs below stay finite.
 UNIFORM_MARGIN = 1e-5
@@ -68,7 +68,7 @@ def split_mol_logits(logits: torch.Tensor, dist: OutputDistribution):
 
 def _std_base_scales(raw: torch.Tensor, dist: OutputDistribution) -> torch.Tensor:
     floor = torch.tensor(math.exp(dist.min_log_scale), dtype=raw.dtype, device=raw.device)
-    return torch.maximum(softplus_beta(raw, dist.smoothing_beta), floor)
+    return torch.maximum(beta_softplus(raw, dist.smoothing_beta), floor)
 
 
 def mol_log_scales(raw: torch.Tensor, dist: OutputDistribution) -> tuple[torch.Tensor, torch.Tensor]:

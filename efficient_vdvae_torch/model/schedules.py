@@ -76,7 +76,7 @@ def validate_lr_schedule(hp) -> None:
                          f"optimizer.decay_start = {opt.decay_start} for the cosine schedule")
 
 
-def build_lr_schedule(hp, optimizer: torch.optim.Optimizer) -> LambdaLR:
+def learning_rate_schedule(hp, optimizer: torch.optim.Optimizer) -> LambdaLR:
     """LambdaLR following `learning_rate`; call .step() once per applied update."""
     validate_lr_schedule(hp)
     base = hp.optimizer.learning_rate

@@ -92,16 +92,16 @@ def sub_pixel_probabilities(framework: str, base: str, params, channel: int, bet
             log_p = mol_log_prob(torch.as_tensor(x)[:, :, None, None], torch.as_tensor(logits)[:, :, None, None], dist)
         return np.exp(log_p.double().numpy().reshape(256))
     logits = np.tile(_jax_layout(mixture_logits, means, raw_scales, raw_coefs), (256, 1))
-    nll = _jitted_mol_nll(mixtures, channels, base, beta)(x[:, None, None, :], logits[:, None, None, :])
-    return np.exp(-np.asarray(nll, dtype=np.float64).reshape(256))
+    log_p = _jitted_mol_log_prob(mixtures, channels, base, beta)(x[:, None, None, :], logits[:, None, None, :])
+    return np.exp(np.asarray(log_p, dtype=np.float64).reshape(256))
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_mol_nll(mixtures: int, channels: int, base: str, beta: float):
+def _jitted_mol_log_prob(mixtures: int, channels: int, base: str, beta: float):
     # Compiled once per setting: op-by-op JAX would make the property test take a minute.
     import jax
 
-    from efficient_vdvae_jax.model.output_distribution import mol_nll
+    from efficient_vdvae_jax.model.output_distribution import mol_log_prob
 
     hp = SimpleNamespace(
         model=SimpleNamespace(num_output_mixtures=mixtures, output_gradient_smoothing_beta=beta,
@@ -109,7 +109,7 @@ def _jitted_mol_nll(mixtures: int, channels: int, base: str, beta: float):
         data=SimpleNamespace(channels=channels, num_bits=8.0),
         loss=SimpleNamespace(min_mol_logscale=MIN_LOG_SCALE),
     )
-    return jax.jit(functools.partial(mol_nll, hp))
+    return jax.jit(functools.partial(mol_log_prob, hp))
 
 
 @st.composite
@@ -176,17 +176,16 @@ def framework_kl(framework: str, base: str, stats: np.ndarray) -> np.ndarray:
     if framework == "torch":
         import torch
 
-        from efficient_vdvae_torch.model.losses import kl_divergence
+        from efficient_vdvae_torch.model.losses import gaussian_kl
 
         t = [torch.as_tensor(row) for row in stats]
-        return kl_divergence((t[0], t[1]), (t[2], t[3]), base, beta).double().numpy()
+        return gaussian_kl((t[0], t[1]), (t[2], t[3]), base, beta).double().numpy()
     import jax.numpy as jnp
 
     from efficient_vdvae_jax.model.losses import gaussian_kl
 
-    hp = SimpleNamespace(model=SimpleNamespace(distribution_base=base, gradient_smoothing_beta=beta))
     j = [jnp.asarray(row) for row in stats]
-    return np.asarray(gaussian_kl(hp, (j[0], j[1]), (j[2], j[3])), dtype=np.float64)
+    return np.asarray(gaussian_kl((j[0], j[1]), (j[2], j[3]), base, beta), dtype=np.float64)
 
 
 @pytest.mark.parametrize("base", ["std", "logstd"])

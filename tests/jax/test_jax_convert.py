@@ -24,7 +24,7 @@ from efficient_vdvae_torch.checkpoints import (TrainingProgress, load_checkpoint
                                                save_checkpoint, training_state)
 from efficient_vdvae_torch.model import UniversalAutoEncoder as TorchAutoEncoder
 from efficient_vdvae_torch.model.optimizers import build_optimizer
-from efficient_vdvae_torch.model.schedules import build_lr_schedule
+from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 from tests.conftest import REFERENCE_CONFIG, REPO_ROOT
 from tests.jax.helpers import TINY_OVERRIDES, load_reference_config, make_forward, max_relative_error, nchw_to_nhwc
 
@@ -74,7 +74,7 @@ class TorchRun:
         torch.manual_seed(0)
         self.model, self.ema_model = TorchAutoEncoder(hp), TorchAutoEncoder(hp)
         self.optimizer = build_optimizer(hp, self.model)
-        self.lr_schedule = build_lr_schedule(hp, self.optimizer)
+        self.lr_schedule = learning_rate_schedule(hp, self.optimizer)
         with torch.no_grad():  # EMA unlike the weights, so that swapping them would show
             for p in self.ema_model.parameters():
                 p.add_(0.1 * torch.randn_like(p))
@@ -176,7 +176,7 @@ def test_to_torch_gives_back_the_original_checkpoint_bit_exact(adamax_run):
     # The PyTorch trainer's loader accepts it.
     model, ema_model = TorchAutoEncoder(run.hp), TorchAutoEncoder(run.hp)
     optimizer = build_optimizer(run.hp, model)
-    progress = restore_training_state(back, model, ema_model, optimizer, build_lr_schedule(run.hp, optimizer))
+    progress = restore_training_state(back, model, ema_model, optimizer, learning_rate_schedule(run.hp, optimizer))
     assert progress == PROGRESS
 
 

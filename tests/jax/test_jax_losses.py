@@ -10,7 +10,7 @@ import pytest
 from scipy import special, stats
 
 from efficient_vdvae_jax.model.losses import compute_loss, gaussian_kl
-from efficient_vdvae_jax.model.output_distribution import bernoulli_nll, mol_nll, sample_from_mol
+from efficient_vdvae_jax.model.output_distribution import bernoulli_log_prob, mol_log_prob, sample_mol
 from tests.jax.helpers import load_reference_config, load_tiny_config
 
 M, C = 2, 3
@@ -26,8 +26,8 @@ def pack_logits(mixture_logits, means, raw_scales, raw_coefs):
     return np.concatenate([mixture_logits, params.reshape(params.shape[:3] + (-1,))], axis=-1).astype(np.float32)
 
 
-def reference_mol_nll(targets, mixture_logits, means, scales, coefs, n_classes, min_pix, max_pix):
-    """Per-pixel -log p from the logistic CDF (scipy), one pixel and one component at a time."""
+def reference_mol_log_prob(targets, mixture_logits, means, scales, coefs, n_classes, min_pix, max_pix):
+    """Per-pixel log p from the logistic CDF (scipy), one pixel and one component at a time."""
     B, H, W, _ = targets.shape
     out = np.zeros((B, H, W))
     min_pix, max_pix = np.float32(min_pix), np.float32(max_pix)  # the targets are float32
@@ -48,12 +48,12 @@ def reference_mol_nll(targets, mixture_logits, means, scales, coefs, n_classes, 
                 else:
                     log_p += math.log(dist.cdf(t[c] + 1 / n_classes) - dist.cdf(t[c] - 1 / n_classes))
             per_component.append(log_p + log_weights[b, h, w, k])
-        out[b, h, w] = -special.logsumexp(per_component)
+        out[b, h, w] = special.logsumexp(per_component)
     return out
 
 
 @pytest.mark.parametrize("num_bits", [8, 5])
-def test_mol_nll_matches_logistic_cdf(num_bits):
+def test_mol_log_prob_matches_logistic_cdf(num_bits):
     hp = mol_config(f"data.num_bits={num_bits}")
     rng = np.random.default_rng(0)
     shape = (2, 3, 3, M, C)
@@ -69,18 +69,18 @@ def test_mol_nll_matches_logistic_cdf(num_bits):
 
     b = hp.model.output_gradient_smoothing_beta
     scales = np.log1p(np.exp(b * raw_scales.astype(np.float32).astype(np.float64))) / b
-    expected = reference_mol_nll(targets, mixture_logits.astype(np.float32), means.astype(np.float32),
+    expected = reference_mol_log_prob(targets, mixture_logits.astype(np.float32), means.astype(np.float32),
                                  scales, np.tanh(raw_coefs.astype(np.float32)), 2 ** num_bits - 1, min_pix, max_pix)
-    np.testing.assert_allclose(mol_nll(hp, jnp.asarray(targets), jnp.asarray(logits)), expected, rtol=2e-4)
+    np.testing.assert_allclose(mol_log_prob(hp, jnp.asarray(targets), jnp.asarray(logits)), expected, rtol=2e-4)
 
 
-def test_bernoulli_nll_on_the_central_crop():
+def test_bernoulli_log_prob_on_the_central_crop():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(2, 32, 32, 1)).astype(np.float32)
     targets = (rng.uniform(size=(2, 32, 32, 1)) < 0.5).astype(np.float32)
     p = special.expit(logits[:, 2:30, 2:30, 0].astype(np.float64))
-    expected = -stats.bernoulli.logpmf(targets[:, 2:30, 2:30, 0], p)
-    np.testing.assert_allclose(bernoulli_nll(jnp.asarray(targets), jnp.asarray(logits)), expected, rtol=1e-5)
+    expected = stats.bernoulli.logpmf(targets[:, 2:30, 2:30, 0], p)
+    np.testing.assert_allclose(bernoulli_log_prob(jnp.asarray(targets), jnp.asarray(logits)), expected, rtol=1e-5)
 
 
 def closed_form_kl(mean_p, std_p, mean_q, std_q):
@@ -97,7 +97,7 @@ def test_gaussian_kl_closed_form(base):
     raw_p, raw_q = rng.uniform(-1, 1, size=(2, 50))
     std_p, std_q = (np.exp(b * raw_p), np.exp(b * raw_q)) if base == "logstd" else (np.exp(raw_p), np.exp(raw_q))
     scale_p, scale_q = (raw_p, raw_q) if base == "logstd" else (std_p, std_q)
-    kl = gaussian_kl(hp, (jnp.asarray(mp), jnp.asarray(scale_p)), (jnp.asarray(mq), jnp.asarray(scale_q)))
+    kl = gaussian_kl((jnp.asarray(mp), jnp.asarray(scale_p)), (jnp.asarray(mq), jnp.asarray(scale_q)), base, b)
     np.testing.assert_allclose(kl, closed_form_kl(mp, std_p, mq, std_q), rtol=1e-4, atol=1e-6)
 
 
@@ -118,7 +118,7 @@ def test_compute_loss_normalisations():
     kls = [closed_form_kl(m, s, 0.0, 1.0) for m, s in post]
     np.testing.assert_allclose(out.kl_per_group, [k.sum() / (B * D) for k in kls], rtol=1e-5)
     np.testing.assert_allclose(out.avg_kl_per_group, [k.mean() / math.log(2) for k in kls], rtol=1e-5)
-    recon = float(np.sum(mol_nll(hp, x, logits))) / (B * D)
+    recon = -float(np.sum(mol_log_prob(hp, x, logits))) / (B * D)
     beta = (3000 - 21) / 5021
     assert float(out.recon_loss) == pytest.approx(recon, rel=1e-6)
     assert float(out.beta) == pytest.approx(beta, rel=1e-6)
@@ -136,7 +136,7 @@ def test_mnist_reports_nats_per_image():
     logits = jnp.asarray(rng.normal(size=(2, 32, 32, 1)).astype(np.float32))
     stats_ = [(jnp.zeros((2, 4, 4, 2)), jnp.ones((2, 4, 4, 2)))]
     out = compute_loss(hp, x, logits, stats_, stats_, step=None)
-    per_image = float(jnp.sum(bernoulli_nll(x, logits))) / 2
+    per_image = -float(jnp.sum(bernoulli_log_prob(x, logits))) / 2
     assert float(out.recon_loss) == pytest.approx(per_image / 784, rel=1e-6)
     assert float(out.nelbo) == pytest.approx(per_image, rel=1e-5)
 
@@ -149,7 +149,7 @@ def test_mol_sample_without_noise_follows_the_autoregression():
     coefs_raw = rng.normal(size=(1, 2, 2, M, C))
     mixture_logits = np.array([-1e4, 1e4]) * np.ones((1, 2, 2, M))
     logits = pack_logits(mixture_logits, means, np.full(means.shape, -1e3), coefs_raw)
-    x = np.asarray(sample_from_mol(hp, jax.random.PRNGKey(0), jnp.asarray(logits)))
+    x = np.asarray(sample_mol(hp, jax.random.PRNGKey(0), jnp.asarray(logits)))
     mu, a = means[..., 1, :], np.tanh(coefs_raw[..., 1, :])
     r = np.clip(mu[..., 0], -1, 1)
     g = np.clip(mu[..., 1] + a[..., 0] * r, -1, 1)

@@ -26,11 +26,11 @@ def restore_torch(hp, path):
     from efficient_vdvae_torch.checkpoints import load_checkpoint, restore_training_state
     from efficient_vdvae_torch.model import UniversalAutoEncoder
     from efficient_vdvae_torch.model.optimizers import build_optimizer
-    from efficient_vdvae_torch.model.schedules import build_lr_schedule
+    from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 
     model, ema_model = UniversalAutoEncoder(hp), UniversalAutoEncoder(hp)
     optimizer = build_optimizer(hp, model)
-    schedule = build_lr_schedule(hp, optimizer)
+    schedule = learning_rate_schedule(hp, optimizer)
     progress = restore_training_state(load_checkpoint(path), model, ema_model, optimizer, schedule)
     return model, ema_model, optimizer, progress
 

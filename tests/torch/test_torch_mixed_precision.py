@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from efficient_vdvae_torch.model import UniversalAutoEncoder
-from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, train_step
+from efficient_vdvae_torch.model.optimizers import build_optimizer
+from efficient_vdvae_torch.model.schedules import learning_rate_schedule
+from efficient_vdvae_torch.train_step import train_step
 from tests.helpers import TINY_MODEL
 
 
@@ -13,7 +15,7 @@ def one_step(hp, model, x):
     model = copy.deepcopy(model)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = build_optimizer(hp, model)
-    stats = train_step(hp, model, ema, optimizer, build_lr_schedule(hp, optimizer), x, step=0)
+    stats = train_step(hp, model, ema, optimizer, learning_rate_schedule(hp, optimizer), x, step=0)
     return model, optimizer, stats
 
 

@@ -11,8 +11,9 @@ from torch import nn
 
 from efficient_vdvae_torch.model import UniversalAutoEncoder
 from efficient_vdvae_torch.model.conv2d import Conv2d
-from efficient_vdvae_torch.train_step import (build_lr_schedule, build_optimizer, eval_step, train_step,
-                                              update_ema)
+from efficient_vdvae_torch.model.optimizers import build_optimizer
+from efficient_vdvae_torch.model.schedules import learning_rate_schedule
+from efficient_vdvae_torch.train_step import eval_step, train_step, update_ema
 from tests.conftest import REFERENCE_DIR
 
 
@@ -113,7 +114,7 @@ def training_setup(make_config):
         model = UniversalAutoEncoder(hp)
         ema = copy.deepcopy(model).requires_grad_(False)
         optimizer = build_optimizer(hp, model)
-        schedule = build_lr_schedule(hp, optimizer)
+        schedule = learning_rate_schedule(hp, optimizer)
         x = torch.from_numpy(np.load(REFERENCE_DIR / "batch.npz")["input"][:2])
         return hp, model, ema, optimizer, schedule, x
     return build

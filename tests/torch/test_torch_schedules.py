@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from efficient_vdvae_torch.model.schedules import build_lr_schedule, kl_beta, learning_rate
+from efficient_vdvae_torch.model.schedules import learning_rate_schedule, kl_beta, learning_rate
 
 
 @pytest.mark.parametrize("step, expected", [
@@ -44,7 +44,7 @@ def test_noam(make_config, step, expected):
 def test_lambda_lr_sets_the_optimizer_rate_after_each_update(reference_config):
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adamax([param], lr=reference_config.optimizer.learning_rate)
-    schedule = build_lr_schedule(reference_config, optimizer)
+    schedule = learning_rate_schedule(reference_config, optimizer)
     assert optimizer.param_groups[0]["lr"] == 0.0
     for t in range(1, 4):
         optimizer.step()

@@ -211,7 +211,9 @@ def test_original_checkpoint_of_the_reference_model(reference_config, tmp_path):
     import numpy as np
 
     from efficient_vdvae_torch.model import UniversalAutoEncoder
-    from efficient_vdvae_torch.train_step import build_lr_schedule, build_optimizer, train_step
+    from efficient_vdvae_torch.model.optimizers import build_optimizer
+    from efficient_vdvae_torch.model.schedules import learning_rate_schedule
+    from efficient_vdvae_torch.train_step import train_step
 
     weights = np.load(REPO_ROOT / "tests" / "fixtures" / "original_torch_small" / "weights.npz")
     state_dict = {name: torch.from_numpy(weights[name]) for name in weights.files}  # the original's order
@@ -233,7 +235,7 @@ def test_original_checkpoint_of_the_reference_model(reference_config, tmp_path):
     model = UniversalAutoEncoder(hp)
     ema = copy.deepcopy(model)
     optimizer = build_optimizer(hp, model)
-    scheduler = build_lr_schedule(hp, optimizer)
+    scheduler = learning_rate_schedule(hp, optimizer)
     progress = restore_training_state(load_checkpoint(tmp_path / "checkpoints-small"), model, ema, optimizer,
                                       scheduler)
     assert progress.global_step == 41
