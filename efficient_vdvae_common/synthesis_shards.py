@@ -7,7 +7,7 @@ w = ceil(B / n), and shard s holds rows s*w .. s*w + w - 1; padding rows come
 last and are masked out. Every image is thus in exactly one shard, in the row
 it has on one device, whatever n is: noise drawn per global batch row (JAX:
 one key per global batch, and threefry keys give row r the same numbers in a
-batch of B or of n * w rows) or per image (PyTorch: `image_seed`) is the
+batch of B or of n * w rows) or per image (PyTorch: `noise_streams.stream_seed`) is the
 same on any number of devices. Shards in order hold consecutive rows, so
 concatenating their results in shard order gives the one-device order.
 """
@@ -22,7 +22,8 @@ import numpy as np
 
 from efficient_vdvae_common.data import ImageSplit
 
-# Per-image noise streams of PyTorch synthesis (image_seed): one per use, so that no two draws share numbers.
+# Per-image noise streams of PyTorch synthesis (noise_streams.stream_seed): one per use, so that no two draws
+# share numbers.
 POSTERIOR_STREAM = 10  # posterior eps (reconstruction, div_stats, encoding)
 MASKED_PRIOR_STREAM = 11  # prior samples of masked-off or pruned variates (mask_reconstruction, encoding, decoding)
 OUTPUT_STREAM = 12  # output-distribution samples (reconstruction, decoding)
@@ -127,11 +128,6 @@ def shard_data(image_split: ImageSplit, batch_size: int, num_shards: int, shards
             if following is not None:
                 pending = ahead.submit(read, following, pool)
             yield current
-
-
-def image_seed(seed: int, stream: int, index: int, *more: int) -> int:
-    """A 64-bit generator seed for image `index` of a noise stream (and e.g. a sample index), well mixed."""
-    return int(np.random.SeedSequence([seed, stream, index, *more]).generate_state(1, dtype=np.uint64)[0])
 
 
 def in_shard_order(parts: Sequence[np.ndarray]) -> np.ndarray:

@@ -31,6 +31,7 @@ from efficient_vdvae_common.architecture import is_binarized_mnist, num_latent_g
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
+from efficient_vdvae_common.noise_streams import SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_STREAM
 from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
                                                  format_train_line, is_evaluation_step, non_finite_weights_message,
@@ -48,9 +49,6 @@ from hparams import ConfigError
 from hparams.saved_run import logs_dir
 
 IMAGES_PER_GRID = 8
-TRAIN_STREAM = 0
-VALIDATION_STREAM = 1
-SUMMARY_STREAM = 2  # the reconstruction of the last train batch shown at evaluation
 # Per-image validation values, in this order (report units; SSIM in [0, 1]).
 VALIDATION_SCALARS = ("recon_report", "kl_div", "nelbo", "ssim")
 SSIM_WINDOW = 11

@@ -42,6 +42,7 @@ from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_inputs, load_encodings_for_decoding,
                                                     posterior_sample_rng, write_decoded_images)
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
+from efficient_vdvae_common.noise_streams import stream_seed
 from efficient_vdvae_common.synthesis_files import (
     ReconstructionMetrics,
     load_run_div_stats,
@@ -53,7 +54,7 @@ from efficient_vdvae_common.synthesis_files import (
 )
 from efficient_vdvae_common.synthesis_shards import (GENERATION_OUTPUT_STREAM, GENERATION_STREAM, IMPORTANCE_STREAM,
                                                      MASKED_PRIOR_STREAM, OUTPUT_STREAM, POSTERIOR_STREAM, ShardData,
-                                                     image_seed, shard_data, sharded_batches)
+                                                     shard_data, sharded_batches)
 from efficient_vdvae_common.temperatures import expand_temperature_settings
 from efficient_vdvae_common.variate_masks import variate_masks
 from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
@@ -105,11 +106,11 @@ def _local_images(data: ShardData, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data.x[data.mask])).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-# ---- Per-image randomness (efficient_vdvae_common.synthesis_shards.image_seed).
+# ---- Per-image randomness (efficient_vdvae_common.noise_streams.stream_seed).
 
 def image_generator(seed: int, stream: int, index: int, device: torch.device, *more: int) -> torch.Generator:
     generator = torch.Generator(device=device)
-    generator.manual_seed(image_seed(seed, stream, index, *more))
+    generator.manual_seed(stream_seed(seed, stream, index, *more))
     return generator
 
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from typing import Sequence
+
 from efficient_vdvae_torch.model import compute_loss
 from efficient_vdvae_torch.model.losses import LossOutput, count_active_groups
 
@@ -14,8 +16,11 @@ __all__ = ["train_step", "eval_step", "update_ema", "update_is_applied"]
 
 
 def train_step(hp, model: nn.Module, ema_model: nn.Module, optimizer: torch.optim.Optimizer,
-               lr_schedule: torch.optim.lr_scheduler.LRScheduler, x: torch.Tensor, step: int) -> dict:
+               lr_schedule: torch.optim.lr_scheduler.LRScheduler, x: torch.Tensor, step: int,
+               noise: Sequence[torch.Tensor] | None = None) -> dict:
     """Forward, loss, backward, clip, skip or (step, LR step, EMA). `step`: updates applied so far.
+
+    `noise`: the posterior eps of every latent group (the trainer's seeded draws), else the model's RNG.
 
     A skipped update (non-finite gradient norm, or norm >= gradient_skip_threshold)
     leaves parameters, optimiser state, LR schedule and EMA untouched; the caller
@@ -24,7 +29,7 @@ def train_step(hp, model: nn.Module, ema_model: nn.Module, optimizer: torch.opti
     model.train()
     learning_rate = optimizer.param_groups[0]["lr"]
     with _autocast(hp, x.device):
-        logits, posterior_stats, prior_stats = model(x)
+        logits, posterior_stats, prior_stats = model(x, noise=noise)
     out = compute_loss(hp, x, logits, posterior_stats, prior_stats, step)
     out.loss.backward()
 
@@ -42,11 +47,11 @@ def train_step(hp, model: nn.Module, ema_model: nn.Module, optimizer: torch.opti
 
 
 @torch.no_grad()
-def eval_step(hp, model: nn.Module, x: torch.Tensor) -> dict:
-    """The evaluation objective (beta 1, no gamma balancing) on one batch."""
+def eval_step(hp, model: nn.Module, x: torch.Tensor, noise: Sequence[torch.Tensor] | None = None) -> dict:
+    """The evaluation objective (beta 1, no gamma balancing) on one batch; `noise` as in train_step."""
     model.eval()
     with _autocast(hp, x.device):
-        logits, posterior_stats, prior_stats = model(x)
+        logits, posterior_stats, prior_stats = model(x, noise=noise)
     return _stats(hp, compute_loss(hp, x, logits, posterior_stats, prior_stats, step=None), logits)
 
 

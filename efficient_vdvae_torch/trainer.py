@@ -24,6 +24,8 @@ from efficient_vdvae_common.architecture import is_binarized_mnist
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
+from efficient_vdvae_common.noise_streams import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
+                                                  VALIDATION_STREAM)
 from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
                                                  format_train_line, ignore_stop_signals_in_worker,
@@ -40,8 +42,7 @@ from efficient_vdvae_torch.model.output_distribution import OutputDistribution, 
 from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 from efficient_vdvae_torch.model.ssim import ssim_metric
 from efficient_vdvae_torch.train_step import eval_step, train_step
-from efficient_vdvae_torch.training_noise import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
-                                                  VALIDATION_STREAM, SeededLatentNoise)
+from efficient_vdvae_torch.training_noise import SeededLatentNoise
 from hparams import ConfigError
 from hparams.saved_run import logs_dir
 
@@ -92,7 +93,6 @@ def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> T
     # needs no RNG state); the global RNG, used by nothing in training, differs per rank all the same.
     torch.manual_seed(hp.run.seed + ctx.rank)
     noise = SeededLatentNoise(hp, ctx.rank, ctx.world_size, ctx.device)
-    noise.attach(model)
     step_model: nn.Module = model
     if ctx.world_size > 1:
         step_model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
@@ -156,9 +156,9 @@ def validate(hp: Any, model: nn.Module, loader: torch.utils.data.DataLoader, ctx
     num_images, global_batch = len(loader.dataset), loader.batch_size * ctx.world_size
     for index, x in enumerate(loader):
         x = x.to(ctx.device, non_blocking=True)
-        if noise is not None:
-            noise.set_batch(VALIDATION_STREAM, index, min(global_batch, num_images - index * global_batch))
-        stats = eval_step(hp, model, x)
+        eps = None if noise is None else noise.draw(
+            VALIDATION_STREAM, index, min(global_batch, num_images - index * global_batch), x.shape[0])
+        stats = eval_step(hp, model, x, eps)
         samples = model.sample_output(stats["logits"], generator=None if noise is None else
                                       noise.output_generator(VALIDATION_OUTPUT_STREAM, index))
         batch = x.shape[0]
@@ -319,11 +319,11 @@ class Trainer:
             if hp.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             progress = self.progress
-            setup.noise.set_batch(TRAIN_STREAM, progress.global_step + progress.gradient_skip_count,
-                                  x.shape[0] * ctx.world_size)
             started = time.perf_counter()
+            noise = setup.noise.draw(TRAIN_STREAM, progress.global_step + progress.gradient_skip_count,
+                                     x.shape[0] * ctx.world_size, x.shape[0])
             stats = train_step(hp, setup.step_model, setup.ema_model, setup.optimizer, setup.lr_schedule, x,
-                               progress.global_step)
+                               progress.global_step, noise)
             seconds = time.perf_counter() - started
             self.setup.progress = progress = dataclasses.replace(
                 progress, data_batch=progress.data_batch + 1,

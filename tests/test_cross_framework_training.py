@@ -98,15 +98,11 @@ def run_both(hp, steps: int):
     state = create_train_state(hp, jax.tree.map(jnp.asarray, params))
     jax_step = make_train_step(hp, KeyedNoiseAutoEncoder(hp))
 
-    supplied = {}
-    model.register_forward_pre_hook(lambda module, args, kwargs: (args, {**kwargs, "noise": supplied["noise"]}),
-                                    with_kwargs=True)
     torch_losses, jax_losses, lrs = [], [], []
     for step, x in enumerate(batches(hp, steps)):
         rng = jax.random.PRNGKey(1000 + step)
-        supplied["noise"] = [torch.from_numpy(np.asarray(n).transpose(0, 3, 1, 2).copy())
-                             for n in keyed_noise(hp, rng, x.shape[0])]
-        stats = train_step(hp, model, ema_model, optimizer, schedule, torch.from_numpy(x), step)
+        noise = [torch.from_numpy(np.asarray(n).transpose(0, 3, 1, 2).copy()) for n in keyed_noise(hp, rng, x.shape[0])]
+        stats = train_step(hp, model, ema_model, optimizer, schedule, torch.from_numpy(x), step, noise)
         state, jax_stats = jax_step(state, rng, jnp.asarray(x.transpose(0, 2, 3, 1)))
         assert not stats["skipped"] and not bool(jax_stats["skipped"]), step
         torch_losses.append(stats["loss"])

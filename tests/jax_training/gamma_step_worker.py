@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficient_vdvae_common.noise_streams import TRAIN_STREAM
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.distributed import global_mesh, replicate, shard_batch
 from efficient_vdvae_jax.train_step import create_train_state, init_params, make_train_step
-from efficient_vdvae_jax.trainer import TRAIN_STREAM, step_key
+from efficient_vdvae_jax.trainer import step_key
 from hparams import load_config
 
 CONFIG = REPO_ROOT / "tests" / "fixtures" / "original_torch_small" / "config.cfg"

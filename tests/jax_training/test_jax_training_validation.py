@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 
+from efficient_vdvae_common.noise_streams import VALIDATION_STREAM
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.distributed import global_mesh
 from efficient_vdvae_jax.train_step import init_params
-from efficient_vdvae_jax.trainer import (VALIDATION_STREAM, make_validation_step, padded_validation_batches,
-                                         step_key, validate)
+from efficient_vdvae_jax.trainer import make_validation_step, padded_validation_batches, step_key, validate
 from hparams import load_config
 from tests.conftest import REFERENCE_CONFIG
 

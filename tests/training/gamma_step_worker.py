@@ -20,7 +20,7 @@ from efficient_vdvae_torch.distributed import init_distributed, shutdown_distrib
 from efficient_vdvae_torch.model import compute_loss
 from efficient_vdvae_torch.train_step import train_step
 from efficient_vdvae_torch.trainer import build_training
-from efficient_vdvae_torch.training_noise import TRAIN_STREAM, rank_rows
+from efficient_vdvae_common.noise_streams import TRAIN_STREAM, rank_rows
 from hparams import load_config
 
 CONFIG = REPO_ROOT / "tests" / "fixtures" / "original_torch_small" / "config.cfg"
@@ -41,14 +41,13 @@ def main(out: str, step: int, overrides: list[str]) -> None:
     first, count = rank_rows(hp.train.batch_size, ctx.rank, ctx.world_size)
     x = global_batch(hp)[first:first + count]
 
-    setup.noise.set_batch(TRAIN_STREAM, 0, hp.train.batch_size)
-    logits, posterior, prior = setup.step_model(x)
+    noise = setup.noise.draw(TRAIN_STREAM, 0, hp.train.batch_size, count)
+    logits, posterior, prior = setup.step_model(x, noise=noise)
     compute_loss(hp, x, logits, posterior, prior, step).loss.backward()  # DDP averages over ranks
     gradients = {name: p.grad.clone() for name, p in setup.model.named_parameters()}
     setup.optimizer.zero_grad(set_to_none=True)
 
-    setup.noise.set_batch(TRAIN_STREAM, 0, hp.train.batch_size)
-    stats = train_step(hp, setup.step_model, setup.ema_model, setup.optimizer, setup.lr_schedule, x, step)
+    stats = train_step(hp, setup.step_model, setup.ema_model, setup.optimizer, setup.lr_schedule, x, step, noise)
     assert not stats["skipped"]
     if ctx.is_main:
         torch.save({"gradients": gradients, "beta": stats["beta"],

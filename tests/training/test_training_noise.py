@@ -1,11 +1,16 @@
-"""Seeded posterior noise: the same numbers for any number of ranks, fed through the model's noise argument."""
+"""Seeded posterior noise: the same numbers for any number of ranks, passed to the model's noise argument."""
+import copy
+
 import pytest
 import torch
 
+from efficient_vdvae_common.noise_streams import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
+                                                  VALIDATION_STREAM, rank_rows)
 from efficient_vdvae_torch.model import UniversalAutoEncoder
-from efficient_vdvae_torch.training_noise import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
-                                                  VALIDATION_STREAM, SeededLatentNoise, latent_noise_shapes,
-                                                  rank_rows)
+from efficient_vdvae_torch.model.optimizers import build_optimizer
+from efficient_vdvae_torch.model.schedules import learning_rate_schedule
+from efficient_vdvae_torch.train_step import train_step
+from efficient_vdvae_torch.training_noise import SeededLatentNoise, latent_noise_shapes
 
 CPU = torch.device("cpu")
 
@@ -27,8 +32,7 @@ def test_rank_rows(global_batch, world_size, expected):
 
 def _draw(hp, rank, world_size, stream, counter, global_batch, local_batch):
     noise = SeededLatentNoise(hp, rank=rank, world_size=world_size, device=CPU)
-    noise.set_batch(stream, counter, global_batch)
-    return noise.draw(local_batch)
+    return noise.draw(stream, counter, global_batch, local_batch)
 
 
 @pytest.mark.parametrize("global_batch", [4, 3])
@@ -70,17 +74,25 @@ def test_wrong_local_batch_is_refused(reference_config):
         _draw(reference_config, 1, 2, TRAIN_STREAM, 0, 3, 2)
 
 
-def test_hook_feeds_one_armed_pass(reference_config):
-    model = UniversalAutoEncoder(reference_config)
-    noise = SeededLatentNoise(reference_config, rank=0, world_size=1, device=CPU)
-    noise.attach(model)
+def test_train_step_feeds_the_given_noise_to_the_model(reference_config):
+    """train_step's `noise` is the posterior eps of its forward pass; without it the model's own RNG."""
+    hp = reference_config
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    noise.set_batch(TRAIN_STREAM, 3, 2)
-    hooked = model(x)[0]
-    expected = model(x, noise=_draw(reference_config, 0, 1, TRAIN_STREAM, 3, 2, 2))[0]
-    torch.testing.assert_close(hooked, expected, rtol=0, atol=0)
-    # Not armed: the model's own RNG.
+    eps = _draw(hp, 0, 1, TRAIN_STREAM, 3, 2, 2)
     torch.manual_seed(0)
-    first = model(x)[0]
-    torch.manual_seed(1)
-    assert not torch.equal(first, model(x)[0])
+    model = UniversalAutoEncoder(hp)
+    initial = copy.deepcopy(model.state_dict())
+
+    def logits_of_step(noise, seed):
+        model.load_state_dict(initial)
+        optimizer = build_optimizer(hp, model)
+        torch.manual_seed(seed)
+        return train_step(hp, model, copy.deepcopy(model), optimizer, learning_rate_schedule(hp, optimizer), x, 0,
+                          noise)["logits"]
+
+    with torch.no_grad():
+        model.train()
+        expected = model(x, noise=eps)[0]
+    torch.testing.assert_close(logits_of_step(eps, seed=1), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits_of_step(eps, seed=2), expected, rtol=0, atol=0)
+    assert not torch.equal(logits_of_step(None, seed=1), logits_of_step(None, seed=2))
