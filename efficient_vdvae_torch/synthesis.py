@@ -59,8 +59,7 @@ from efficient_vdvae_common.temperatures import expand_temperature_settings
 from efficient_vdvae_common.variate_masks import variate_masks
 from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
 from efficient_vdvae_torch.data.official import load_official_images
-from efficient_vdvae_torch.distributed import (gather_from_ranks, init_distributed, is_distributed,
-                                               is_main_process, rank_and_world)
+from efficient_vdvae_torch.distributed import gather_from_ranks, init_distributed, is_main_process, rank_and_world
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_torch.model.latent_layers import gaussian_std
 from efficient_vdvae_torch.model.losses import kl_per_variate
