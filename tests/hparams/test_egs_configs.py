@@ -103,8 +103,9 @@ def test_default_config_is_the_cifar10_baseline_with_every_key_spelled_out(path)
 
 
 def test_both_implementations_ship_the_same_default_config():
-    torch_text, jax_text = (path.read_text() for path in DEFAULT_CONFIGS)
-    assert torch_text == jax_text
+    """Byte for byte (line endings, trailing spaces, encoding): users diff and copy these files."""
+    torch_bytes, jax_bytes = (path.read_bytes() for path in DEFAULT_CONFIGS)
+    assert torch_bytes == jax_bytes
 
 
 def test_egs_folder_holds_the_published_configs_and_the_quickstart():
