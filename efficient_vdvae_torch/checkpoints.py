@@ -33,13 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from efficient_vdvae_common.atomic_files import atomic_binary_file, temporary_files
 from efficient_vdvae_common.disk_errors import disk_errors
 from hparams import checkpoints_path
 
 ORIGINAL_KEYS = ("global_step", "model_state_dict", "ema_model_state_dict",
                  "optimizer_state_dict", "scheduler_state_dict")
 FORMAT_VERSION = 1
-_TEMP_MARKER = ".tmp-"
 # In a state from `load_checkpoint`: the OriginalJaxState it was converted from (never saved).
 ORIGINAL_JAX_KEY = "original_jax_state"
 ORIGINAL_JAX_SUFFIX = ".original-jax"
@@ -81,17 +81,6 @@ def _holds_original_jax(path: Path) -> bool:
     return path.is_dir() and (newest_checkpoint_in(path) is not None or bool(CHECKPOINT_NAME.match(path.name)))
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path, max_allowed_checkpoints: int = 1) -> None:
     """Atomically replace `path` with `state`; keep the newest `max_allowed_checkpoints` in the history."""
     path = Path(path)
@@ -100,29 +89,23 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, max_allowed_checkpo
     if path.is_dir() and not _holds_original_jax(path):
         raise CheckpointError(f"cannot write checkpoint {path}: it is a folder (is this a JAX run of the same "
                               "name? use another run.name)")
-    temp = path.with_name(f"{path.name}{_TEMP_MARKER}{os.getpid()}")
+
+    def move_original_jax_aside() -> None:
+        # Resumed from the original JAX code's checkpoints: keep them beside ours, delete nothing.
+        # Killed between this rename and the file's, `load_checkpoint` reads the moved folder.
+        if not path.is_dir():
+            return
+        backup = original_jax_backup(path)
+        if backup.exists():
+            raise CheckpointError(f"cannot move the original JAX checkpoints {path} aside: {backup} exists")
+        os.rename(path, backup)
+        print(f"moved the original JAX checkpoints {path} to {backup}; {path} is now this trainer's "
+              "checkpoint", flush=True)
+
     # A full or read-only disk: DiskWriteError naming `path`, the temp file removed, the previous file kept.
     # (torch.save into a file object reports a failed write as a RuntimeError whose context is the OSError.)
-    with disk_errors(path, " (the previous checkpoint is unchanged)"):
-        try:
-            with open(temp, "wb") as file:
-                torch.save(state, file)
-                file.flush()
-                os.fsync(file.fileno())
-            if path.is_dir():
-                # Resumed from the original JAX code's checkpoints: keep them beside ours, delete nothing.
-                # Killed between the renames, `load_checkpoint` reads the moved folder.
-                backup = original_jax_backup(path)
-                if backup.exists():
-                    raise CheckpointError(f"cannot move the original JAX checkpoints {path} aside: {backup} exists")
-                os.rename(path, backup)
-                print(f"moved the original JAX checkpoints {path} to {backup}; {path} is now this trainer's "
-                      "checkpoint", flush=True)
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-    _fsync_dir(path.parent)
+    with atomic_binary_file(path, " (the previous checkpoint is unchanged)", move_original_jax_aside) as file:
+        torch.save(state, file)
     if max_allowed_checkpoints > 1:
         _add_to_history(path, int(state["global_step"]), max_allowed_checkpoints)
 
@@ -174,8 +157,7 @@ def _add_to_history(path: Path, global_step: int, keep: int) -> None:
 
 def remove_stale_temp_files(path: str | Path) -> None:
     """Delete temp files left by a process killed while writing `path`."""
-    path = Path(path)
-    for temp in path.parent.glob(f"{path.name}{_TEMP_MARKER}*"):
+    for temp in temporary_files(path):
         temp.unlink(missing_ok=True)
 
 

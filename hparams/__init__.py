@@ -16,7 +16,6 @@ from .saved_run import (
     load_run_config,
     logs_dir,
     saved_config_path,
-    write_text_atomic,
 )
 
 __all__ = [
@@ -30,5 +29,4 @@ __all__ = [
     "load_run_config",
     "logs_dir",
     "saved_config_path",
-    "write_text_atomic",
 ]

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from efficient_vdvae_common.atomic_files import atomic_binary_file
+from efficient_vdvae_common.atomic_files import write_text_atomic
 
 from .config import Config, build_config, evaluate_entry, parse_override
 from .errors import ConfigError, short_repr
@@ -34,13 +34,6 @@ def checkpoints_path(name: str, root: str | Path = ".") -> Path:
 
 def saved_config_path(name: str, root: str | Path = ".") -> Path:
     return logs_dir(name, root) / f"hparams-{name}.cfg"
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a UTF-8 file so that readers see either nothing or all of it; a full or read-only disk
-    raises DiskWriteError naming `path`, leaving no temporary file."""
-    with atomic_binary_file(path) as stream:
-        stream.write(text.encode("utf-8"))
 
 
 def run_name(path: str | Path, overrides: Iterable[str] = ()) -> str:

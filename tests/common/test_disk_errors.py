@@ -17,11 +17,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from efficient_vdvae_common.atomic_files import atomic_binary_file, staged_folder
+from efficient_vdvae_common.atomic_files import atomic_binary_file, staged_folder, write_text_atomic
 from efficient_vdvae_common.disk_errors import DiskWriteError, disk_error_message, disk_errno
 from efficient_vdvae_common.images import write_png
 from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
-from hparams import write_text_atomic
 from tests.tmpfs import fill, leftovers, mounted_tmpfs, remount_read_only
 
 NO_SPACE = "no space left on "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from efficient_vdvae_common.atomic_files import temporary_files
 from tests.helpers import TWO_LEVEL_MODEL, numbered_pngs, write_random_pngs
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,7 @@ class Output:
 def _temp_entries(framework: str, tmp_path: Path, name: str) -> list[Path]:
     """Half-written checkpoint files or folders (a write in progress, or cut short by a kill)."""
     if framework == "efficient_vdvae_torch":
-        return list(tmp_path.glob(f"checkpoints-{name}.tmp-*"))  # (history entries are hard links)
+        return temporary_files(tmp_path / f"checkpoints-{name}")  # (history entries are hard links)
     folder = tmp_path / f"checkpoints-{name}"
     return [p for p in folder.iterdir() if "tmp" in p.name] if folder.is_dir() else []
 
