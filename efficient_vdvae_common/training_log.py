@@ -1,6 +1,5 @@
 """What both trainers share around the loop: stop signals, the log line and
-the TensorBoard scalar names. `progress` is either framework's
-TrainingProgress (it needs `global_step` and `gradient_skip_count`)."""
+the TensorBoard scalar names. `progress` is a training_progress.TrainingProgress."""
 from __future__ import annotations
 
 import signal

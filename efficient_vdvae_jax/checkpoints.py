@@ -26,28 +26,28 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
 
 from efficient_vdvae_common.disk_errors import disk_errors, quiet_disk_error_logs
 from efficient_vdvae_common.original_jax_checkpoint import (CHECKPOINT_NAME, OriginalCheckpointError,
                                                             OriginalJaxState, newest_checkpoint_in)
 from efficient_vdvae_common.parameter_layouts import first_shape_mismatch
-from efficient_vdvae_jax.train_step import TrainState
+from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
+from efficient_vdvae_jax.model import UniversalAutoEncoder
+from efficient_vdvae_jax.train_step import TrainState, create_train_state, init_params
 from hparams import checkpoints_path
 
 STATE_ITEM = "state"
 PROGRESS_ITEM = "progress"
 PROGRESS_FILE = "metadata"  # what orbax's JsonCheckpointHandler writes in the item folder
 ORBAX_TEMPORARY_MARKER = ".orbax-checkpoint-tmp"  # orbax writes step <n> into `<n>.orbax-checkpoint-tmp*`
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder that cannot be used, named in the message."""
 
 
 class CheckpointMismatch(CheckpointError):
@@ -66,21 +66,18 @@ def _canonical_optimizer(name: str) -> str:
     return "RAdam" if name == "Radam" else name  # the JAX original's spelling
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainingProgress:
-    """Where a run stands: applied updates, skipped updates, data position."""
-    global_step: int = 0
-    gradient_skip_count: int = 0
-    data_epoch: int = 0
-    data_batch: int = 0  # batches of `data_epoch` already consumed
-
-    @property
-    def consumed_batches(self) -> int:
-        return self.global_step + self.gradient_skip_count
-
-
 def checkpoint_dir(run_name: str, root: str | Path = ".") -> Path:
     return checkpoints_path(run_name, root).resolve()
+
+
+def abstract_train_state(hp: Any, model: UniversalAutoEncoder, sharding: NamedSharding) -> TrainState:
+    """What `TrainingCheckpoints.restore` restores into: the train state's shapes, dtypes and (replicated)
+    sharding, without computing it."""
+    def fresh_state(rng):
+        return create_train_state(hp, init_params(hp, model, rng))
+
+    shapes = jax.eval_shape(fresh_state, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 class TrainingCheckpoints:

@@ -156,7 +156,8 @@ def _check_destination(source: Path, destination: Path, force: bool, is_folder: 
             raise ConversionError(f"destination {destination} holds {foreign[0]!r}, which is not a JAX checkpoint: "
                                   "not replacing it even with --force")
         return
-    from efficient_vdvae_torch.checkpoints import CheckpointError, load_checkpoint
+    from efficient_vdvae_common.training_progress import CheckpointError
+    from efficient_vdvae_torch.checkpoints import load_checkpoint
 
     try:
         load_checkpoint(destination)
@@ -244,7 +245,6 @@ def torch_checkpoint_to_jax(hp: Any, source: str | Path, destination: str | Path
     """A PyTorch checkpoint file (ours or the original's) -> a new JAX checkpoint folder; returns the checkpoint."""
     import jax.numpy as jnp
 
-    from efficient_vdvae_jax.checkpoints import TrainingProgress as JaxProgress
     from efficient_vdvae_jax.checkpoints import with_moments
     from efficient_vdvae_jax.model.optimizers import build_optimizer as build_jax_optimizer
     from efficient_vdvae_jax.train_step import TrainState
@@ -271,7 +271,7 @@ def torch_checkpoint_to_jax(hp: Any, source: str | Path, destination: str | Path
                              ema_params=_as_jax_tree(torch_state_dict_to_flax_params(hp, ema_model.state_dict())),
                              opt_state=opt_state,
                              skipped_updates=jnp.asarray(progress.gradient_skip_count, jnp.int32))
-    written = _write_jax_checkpoint(hp, train_state, JaxProgress(**dataclasses.asdict(progress)), destination)
+    written = _write_jax_checkpoint(hp, train_state, progress, destination)
     return Converted(written, optimizer_count=count, **dataclasses.asdict(progress))
 
 
@@ -281,10 +281,9 @@ def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path
     import jax
     import torch
 
-    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
+    from efficient_vdvae_common.training_progress import TrainingProgress
+    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, abstract_train_state
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.trainer import abstract_train_state
-    from efficient_vdvae_torch.checkpoints import TrainingProgress as TorchProgress
     from efficient_vdvae_torch.checkpoints import save_checkpoint, set_adam_moments, training_state
 
     source, destination = Path(source), Path(destination)
@@ -319,9 +318,9 @@ def jax_checkpoint_to_torch(hp: Any, source: str | Path, destination: str | Path
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step", category=UserWarning)
         lr_schedule.step()
-    counters = dataclasses.asdict(progress)  # the same four fields in both implementations
+    counters = dataclasses.asdict(progress)
     temporary = _temporary_destination(destination)
-    save_checkpoint(training_state(TorchProgress(**counters), model, ema_model, optimizer, lr_schedule), temporary)
+    save_checkpoint(training_state(TrainingProgress(**counters), model, ema_model, optimizer, lr_schedule), temporary)
     _move_into_place(temporary, destination)
     return Converted(destination, optimizer_count=int(adam.count), **counters)
 
@@ -342,10 +341,9 @@ def original_jax_checkpoint_to(hp: Any, source: str | Path, destination: str | P
     """
     import jax
 
-    from efficient_vdvae_jax.checkpoints import restore_original
+    from efficient_vdvae_common.training_progress import CheckpointError
+    from efficient_vdvae_jax.checkpoints import abstract_train_state, restore_original
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.trainer import abstract_train_state
-    from efficient_vdvae_torch.checkpoints import CheckpointError as TorchCheckpointError
     from efficient_vdvae_torch.checkpoints import (ORIGINAL_JAX_KEY, load_checkpoint, restore_training_state,
                                                    save_checkpoint, training_state)
 
@@ -368,7 +366,7 @@ def original_jax_checkpoint_to(hp: Any, source: str | Path, destination: str | P
 
     try:
         state = load_checkpoint(source)
-    except TorchCheckpointError as error:
+    except CheckpointError as error:
         raise ConversionError(str(error)) from None
     model, ema_model, optimizer, lr_schedule = _torch_training_objects(hp)
     progress = restore_training_state(state, model, ema_model, optimizer, lr_schedule)
@@ -386,8 +384,7 @@ def _original_notes(hp: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from efficient_vdvae_jax.checkpoints import CheckpointError as JaxCheckpointError
-    from efficient_vdvae_torch.checkpoints import CheckpointError as TorchCheckpointError
+    from efficient_vdvae_common.training_progress import CheckpointError
     from hparams.cli import add_config_arguments, load_config_or_exit
 
     parser = argparse.ArgumentParser(
@@ -424,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             converted = torch_checkpoint_to_jax(hp, args.source, args.destination, force=args.force)
         else:
             converted = jax_checkpoint_to_torch(hp, args.source, args.destination, step=args.step, force=args.force)
-    except (ConversionError, JaxCheckpointError, TorchCheckpointError, DiskWriteError) as error:
+    except (CheckpointError, ConversionError, DiskWriteError) as error:
         print(f"convert_checkpoint: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONVERSION_ERROR) from None
     print(converted.summary())

@@ -50,8 +50,9 @@ from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, gener
                                                     temperature_folder_name)
 from efficient_vdvae_common.synthesis_shards import ShardData, pad_rows, shard_data, shard_width
 from efficient_vdvae_common.temperatures import expand_temperature_settings
+from efficient_vdvae_common.training_progress import CheckpointError
 from efficient_vdvae_common.variate_masks import variate_masks
-from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, checkpoint_dir
+from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, abstract_train_state, checkpoint_dir
 from efficient_vdvae_jax.data.official import load_official_images
 from efficient_vdvae_jax.distributed import (data_sharding, global_mesh, is_main_process, local_device_range,
                                              replicate, replicated_sharding, shard_batch, to_host)
@@ -60,7 +61,6 @@ from efficient_vdvae_jax.model.latent_layers import gaussian_std
 from efficient_vdvae_jax.model.losses import gaussian_kl
 from efficient_vdvae_jax.model.output_distribution import bernoulli_log_prob, mol_log_prob, render_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
-from efficient_vdvae_jax.trainer import abstract_train_state
 from hparams.saved_run import logs_dir
 
 SSIM_WINDOW = 11

@@ -45,8 +45,8 @@ from efficient_vdvae_common.disk_errors import DiskWriteError
 from efficient_vdvae_common.encodings import EncodingsError
 from efficient_vdvae_common.fid import FIDError
 from efficient_vdvae_common.model_health import BrokenModelError
+from efficient_vdvae_common.training_progress import CheckpointError
 from efficient_vdvae_common.variate_masks import DivStatsError
-from efficient_vdvae_jax.checkpoints import CheckpointError
 from efficient_vdvae_jax.distributed import init_distributed, shutdown_distributed
 from efficient_vdvae_jax.synthesis import run_synthesis
 from hparams import ConfigError

@@ -22,7 +22,7 @@ from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.disk_errors import DiskWriteError
 from efficient_vdvae_common.lost_process import EXIT_LOST_PROCESS, lost_process_message
 from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged
-from efficient_vdvae_jax.checkpoints import CheckpointError
+from efficient_vdvae_common.training_progress import CheckpointError
 from efficient_vdvae_jax.distributed import (init_distributed, is_lost_process_error,
                                              shutdown_distributed)
 from efficient_vdvae_jax.trainer import Trainer

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from efficient_vdvae_common.architecture import is_binarized_mnist, num_latent_groups
 from efficient_vdvae_common.data import DataError
@@ -36,7 +36,8 @@ from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
                                                  format_train_line, is_evaluation_step, non_finite_weights_message,
                                                  per_group_scalars, train_scalars)
-from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, TrainingProgress, checkpoint_dir
+from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
+from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, abstract_train_state, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
 from efficient_vdvae_jax.distributed import (any_rank, gather_ints, gather_local, global_mesh, is_main_process,
                                              local_device_range, replicate, replicated_sharding, shard_batch,
@@ -196,15 +197,6 @@ def check_same_start(values: list[int], what: str, directory: Path) -> None:
             f"{shown(per_process[0])}, process {process}'s {shown(per_process[process])}, {len(differing)} "
             "process(es) differ. Every host must see the same run folders (checkpoints-<name>, logs-<name>): "
             "start train.py on every host from one directory of a shared filesystem")
-
-
-def abstract_train_state(hp: Any, model: UniversalAutoEncoder, sharding: NamedSharding) -> TrainState:
-    """Shapes, dtypes and the (replicated) sharding of the train state, without computing it."""
-    def fresh_state(rng):
-        return create_train_state(hp, init_params(hp, model, rng))
-
-    shapes = jax.eval_shape(fresh_state, jax.random.PRNGKey(0))
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 class Trainer:

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from torch import nn
 
 from efficient_vdvae_common.atomic_files import atomic_binary_file, temporary_files
 from efficient_vdvae_common.disk_errors import disk_errors
+from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
 from hparams import checkpoints_path
 
 ORIGINAL_KEYS = ("global_step", "model_state_dict", "ema_model_state_dict",
@@ -44,19 +44,6 @@ FORMAT_VERSION = 1
 ORIGINAL_JAX_KEY = "original_jax_state"
 ORIGINAL_JAX_SUFFIX = ".original-jax"
 LOADED_FROM_KEY = "loaded_from"  # added by load_checkpoint, never saved
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used, named in the message."""
-
-
-@dataclass(frozen=True)
-class TrainingProgress:
-    """Where a run stands: applied updates, skipped updates, data position."""
-    global_step: int = 0
-    gradient_skip_count: int = 0
-    data_epoch: int = 0
-    data_batch: int = 0  # batches of `data_epoch` already consumed
 
 
 def checkpoint_path(run_name: str, root: str | Path = ".") -> Path:

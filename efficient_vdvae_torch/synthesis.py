@@ -56,8 +56,9 @@ from efficient_vdvae_common.synthesis_shards import (GENERATION_OUTPUT_STREAM, G
                                                      MASKED_PRIOR_STREAM, OUTPUT_STREAM, POSTERIOR_STREAM, ShardData,
                                                      shard_data, sharded_batches)
 from efficient_vdvae_common.temperatures import expand_temperature_settings
+from efficient_vdvae_common.training_progress import CheckpointError
 from efficient_vdvae_common.variate_masks import variate_masks
-from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path, load_checkpoint
+from efficient_vdvae_torch.checkpoints import checkpoint_path, load_checkpoint
 from efficient_vdvae_torch.data.official import load_official_images
 from efficient_vdvae_torch.distributed import gather_from_ranks, init_distributed, is_main_process, rank_and_world
 from efficient_vdvae_torch.model import UniversalAutoEncoder, compute_loss

@@ -17,7 +17,8 @@ from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.disk_errors import DiskWriteError
 from efficient_vdvae_common.lost_process import EXIT_LOST_PROCESS, lost_process_message
 from efficient_vdvae_common.training_log import EXIT_DIVERGED, TrainingDiverged
-from efficient_vdvae_torch.checkpoints import CheckpointError, checkpoint_path
+from efficient_vdvae_common.training_progress import CheckpointError
+from efficient_vdvae_torch.checkpoints import checkpoint_path
 from efficient_vdvae_torch.distributed import (init_distributed, is_lost_process_error,
                                                shutdown_distributed)
 from efficient_vdvae_torch.trainer import Trainer

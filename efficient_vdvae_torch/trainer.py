@@ -31,9 +31,9 @@ from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDi
                                                  format_train_line, ignore_stop_signals_in_worker,
                                                  is_evaluation_step, non_finite_weights_message, per_group_scalars,
                                                  train_scalars)
-from efficient_vdvae_torch.checkpoints import (CheckpointError, TrainingProgress, checkpoint_path, load_checkpoint,
-                                               remove_stale_temp_files, restore_training_state, save_checkpoint,
-                                               training_state)
+from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
+from efficient_vdvae_torch.checkpoints import (checkpoint_path, load_checkpoint, remove_stale_temp_files,
+                                               restore_training_state, save_checkpoint, training_state)
 from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.distributed import DistributedContext, all_reduce_sum, any_rank, barrier, gather_ints
 from efficient_vdvae_torch.model import UniversalAutoEncoder

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
 from tests.conftest import REFERENCE_CONFIG, REFERENCE_OVERRIDES, REPO_ROOT
 from tests.helpers import TINY_MODEL, TWO_LEVEL_MODEL, numbered_pngs, write_random_pngs
 
@@ -51,7 +52,7 @@ def load_with(framework: str, folder: Path, hp):
 
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.trainer import abstract_train_state
+    from efficient_vdvae_jax.checkpoints import abstract_train_state
 
     checkpoints = TrainingCheckpoints(folder, 1)
     try:
@@ -60,13 +61,6 @@ def load_with(framework: str, folder: Path, hp):
     finally:
         checkpoints.close()
 
-
-def checkpoint_error(framework: str):
-    if framework == "torch":
-        from efficient_vdvae_torch.checkpoints import CheckpointError
-    else:
-        from efficient_vdvae_jax.checkpoints import CheckpointError
-    return CheckpointError
 
 
 def damaged_msgpack(kind: str, folder: Path) -> Path:
@@ -83,7 +77,7 @@ def damaged_msgpack(kind: str, folder: Path) -> Path:
                                         ("foreign", "is not a checkpoint of the original JAX code")])
 def test_a_damaged_original_checkpoint_is_named(tmp_path, framework, kind, says):
     path = damaged_msgpack(kind, tmp_path)
-    with pytest.raises(checkpoint_error(framework)) as error:
+    with pytest.raises(CheckpointError) as error:
         load_with(framework, tmp_path / "checkpoints-small", load())
     message = str(error.value)
     assert str(path) in message and says in message and "\n" not in message
@@ -98,7 +92,7 @@ def test_a_partial_original_orbax_folder_is_named(tmp_path, framework):
     for data in (folder / "d").iterdir():
         os.chmod(data, 0o644)
         data.unlink()  # the copy stopped before the arrays
-    with pytest.raises(checkpoint_error(framework)) as error:
+    with pytest.raises(CheckpointError) as error:
         load_with(framework, tmp_path / "checkpoints-small", load())
     assert str(folder) in str(error.value) and "incomplete or corrupt" in str(error.value)
 
@@ -109,7 +103,7 @@ def test_an_original_checkpoint_of_another_architecture_names_the_first_mismatch
     folder = tmp_path / "checkpoints-small"
     folder.mkdir()
     shutil.copyfile(MSGPACK, folder / "checkpoint_3")
-    with pytest.raises(checkpoint_error(framework)) as error:
+    with pytest.raises(CheckpointError) as error:
         load_with(framework, folder, load("model.num_output_mixtures=5"))
     # Original names and layout, in the original's (sorted) order: the output conv's bias comes first.
     assert "parameter top_down/output_conv/conv/bias is (100,) there and (50,) in the config" in str(error.value)
@@ -152,7 +146,7 @@ def write_checkpoint(framework: str, folder: Path, *settings: str) -> Path:
     hp = load(*MODELS[framework], *settings)
     path = folder / "checkpoints-x"
     if framework == "torch":
-        from efficient_vdvae_torch.checkpoints import TrainingProgress, save_checkpoint, training_state
+        from efficient_vdvae_torch.checkpoints import save_checkpoint, training_state
         from efficient_vdvae_torch.model import UniversalAutoEncoder
         from efficient_vdvae_torch.model.optimizers import build_optimizer
         from efficient_vdvae_torch.model.schedules import learning_rate_schedule
@@ -164,7 +158,7 @@ def write_checkpoint(framework: str, folder: Path, *settings: str) -> Path:
         return path
     import jax
 
-    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress
+    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
     from efficient_vdvae_jax.train_step import create_train_state, init_params
 
@@ -237,7 +231,7 @@ def restore_jax(folder: Path, hp, move_unreadable_aside: bool):
 
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.trainer import abstract_train_state
+    from efficient_vdvae_jax.checkpoints import abstract_train_state
 
     checkpoints = TrainingCheckpoints(folder, 2)
     try:
@@ -358,7 +352,7 @@ def test_an_original_checkpoint_with_an_even_kernel_is_refused(tmp_path, framewo
     path = tmp_path / "checkpoints-small" / "checkpoint_3"
     path.parent.mkdir()
     path.write_bytes(serialization.msgpack_serialize(tree))
-    with pytest.raises(checkpoint_error(framework)) as error:
+    with pytest.raises(CheckpointError) as error:
         load_with(framework, path.parent, load("model.input_kernel_size=(2, 2)"))
     message = str(error.value)
     assert str(path) in message and "even 2x2 kernel" in message and name in message and "'SAME'" in message

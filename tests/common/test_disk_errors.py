@@ -292,7 +292,8 @@ def _jax_state(step: int, size: int):
 
 
 def test_jax_checkpoint_on_a_full_disk(disk, caplog):
-    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress
+    from efficient_vdvae_common.training_progress import TrainingProgress
+    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
 
     directory = disk / "checkpoints-run"
     checkpoints = TrainingCheckpoints(directory, max_to_keep=3)
@@ -350,7 +351,8 @@ def test_writes_refused_by_a_closed_event_loop_after_a_failed_save_print_nothing
 
 
 def test_jax_checkpoint_on_a_read_only_disk(disk):
-    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress
+    from efficient_vdvae_common.training_progress import TrainingProgress
+    from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
 
     directory = disk / "checkpoints-run"
     checkpoints = TrainingCheckpoints(directory, max_to_keep=3)

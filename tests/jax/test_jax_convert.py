@@ -14,14 +14,13 @@ import optax
 import pytest
 import torch
 
-from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
+from efficient_vdvae_common.training_progress import TrainingProgress
+from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, abstract_train_state
 from efficient_vdvae_jax.convert_checkpoint import (flax_path_to_torch_key, main, mol_channel_permutation,
                                                     torch_key_to_flax_path, torch_state_dict_to_flax_params)
 from efficient_vdvae_jax.model import UniversalAutoEncoder
 from efficient_vdvae_jax.model.optimizers import build_optimizer as build_jax_optimizer
-from efficient_vdvae_jax.trainer import abstract_train_state
-from efficient_vdvae_torch.checkpoints import (TrainingProgress, load_checkpoint, restore_training_state,
-                                               save_checkpoint, training_state)
+from efficient_vdvae_torch.checkpoints import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from efficient_vdvae_torch.model import UniversalAutoEncoder as TorchAutoEncoder
 from efficient_vdvae_torch.model.optimizers import build_optimizer
 from efficient_vdvae_torch.model.schedules import learning_rate_schedule

@@ -27,7 +27,7 @@ import pytest
 from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
 from efficient_vdvae_jax.distributed import global_mesh, replicated_sharding
 from efficient_vdvae_jax.model import UniversalAutoEncoder
-from efficient_vdvae_jax.trainer import abstract_train_state
+from efficient_vdvae_jax.checkpoints import abstract_train_state
 from hparams import load_config
 from tests.conftest import REFERENCE_CONFIG
 from tests.jax_training.conftest import check, jax_env, run_training, train_command

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from efficient_vdvae_jax.checkpoints import CheckpointError, TrainingCheckpoints, TrainingProgress
+from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
+from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, abstract_train_state
 from efficient_vdvae_jax.model import UniversalAutoEncoder
 from efficient_vdvae_jax.distributed import global_mesh
-from efficient_vdvae_jax.trainer import Trainer, abstract_train_state
+from efficient_vdvae_jax.trainer import Trainer
 from hparams import load_config
 from tests.conftest import REFERENCE_CONFIG
 

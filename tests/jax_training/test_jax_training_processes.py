@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, TrainingProgress
+from efficient_vdvae_common.training_progress import TrainingProgress
+from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, abstract_train_state
 from efficient_vdvae_jax.model import UniversalAutoEncoder
 from efficient_vdvae_jax.distributed import global_mesh
-from efficient_vdvae_jax.trainer import abstract_train_state
 from hparams import load_config
 from jax.sharding import NamedSharding, PartitionSpec
 from tests.conftest import REFERENCE_CONFIG

@@ -40,7 +40,7 @@ def restore_jax(hp, folder):
 
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
-    from efficient_vdvae_jax.trainer import abstract_train_state
+    from efficient_vdvae_jax.checkpoints import abstract_train_state
 
     checkpoints = TrainingCheckpoints(folder, max_to_keep=1)
     try:

@@ -41,7 +41,7 @@ def _jax_broken_copy(run, destination: Path, value: float) -> Path:
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
     from efficient_vdvae_jax.distributed import local_mesh
-    from efficient_vdvae_jax.trainer import abstract_train_state
+    from efficient_vdvae_jax.checkpoints import abstract_train_state
 
     destination.mkdir()
     (destination / f"logs-{JAX_RUN_NAME}").mkdir()

@@ -108,7 +108,7 @@ def _last_complete(framework: str, tmp_path: Path, name: str):
         import jax
         from efficient_vdvae_jax.model import UniversalAutoEncoder
         from efficient_vdvae_jax.distributed import local_mesh
-        from efficient_vdvae_jax.trainer import abstract_train_state
+        from efficient_vdvae_jax.checkpoints import abstract_train_state
         from hparams import load_config
         from jax.sharding import NamedSharding, PartitionSpec
         hp = load_config(CONFIG, overrides=_settings(tmp_path, name))

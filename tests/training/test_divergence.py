@@ -64,7 +64,7 @@ def _checkpoint(framework: str, overrides: list[str], cwd: Path, name: str):
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
     from efficient_vdvae_jax.distributed import global_mesh
-    from efficient_vdvae_jax.trainer import abstract_train_state
+    from efficient_vdvae_jax.checkpoints import abstract_train_state
     from hparams import load_config
 
     hp = load_config(CONFIG, overrides=overrides)
@@ -134,7 +134,7 @@ def _poison_checkpoint(framework: str, overrides: list[str], path: Path) -> None
     from efficient_vdvae_jax.checkpoints import TrainingCheckpoints
     from efficient_vdvae_jax.model import UniversalAutoEncoder
     from efficient_vdvae_jax.distributed import global_mesh
-    from efficient_vdvae_jax.trainer import abstract_train_state
+    from efficient_vdvae_jax.checkpoints import abstract_train_state
     from hparams import load_config
 
     hp = load_config(CONFIG, overrides=overrides)

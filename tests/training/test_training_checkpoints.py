@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from efficient_vdvae_torch.checkpoints import (
-    CheckpointError, TrainingProgress, checkpoint_path, history_dir, load_checkpoint,
-    remove_stale_temp_files, restore_training_state, save_checkpoint, training_state)
+from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
+from efficient_vdvae_torch.checkpoints import (checkpoint_path, history_dir, load_checkpoint, remove_stale_temp_files,
+                                               restore_training_state, save_checkpoint, training_state)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from efficient_vdvae_torch.checkpoints import TrainingProgress, load_checkpoint
+from efficient_vdvae_common.training_progress import TrainingProgress
+from efficient_vdvae_torch.checkpoints import load_checkpoint
 from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.distributed import DistributedContext
 from efficient_vdvae_torch.model import UniversalAutoEncoder
