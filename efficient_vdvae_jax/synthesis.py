@@ -45,6 +45,8 @@ from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_inputs, load_encodings_for_decoding,
                                                     posterior_sample_rng, write_decoded_images)
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
+from efficient_vdvae_common.objective import gaussian_kl
+from efficient_vdvae_common.output_distribution import OutputDistribution
 from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
                                                     load_run_div_stats, needs_variate_masks, run_mode,
                                                     temperature_folder_name)
@@ -58,7 +60,6 @@ from efficient_vdvae_jax.distributed import (data_sharding, global_mesh, is_main
                                              replicate, replicated_sharding, shard_batch, to_host)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.latent_layers import gaussian_std
-from efficient_vdvae_jax.model.losses import gaussian_kl
 from efficient_vdvae_jax.model.output_distribution import bernoulli_log_prob, mol_log_prob, render_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from hparams.saved_run import logs_dir
@@ -170,6 +171,11 @@ def _jnp_masks(masks: np.ndarray | None) -> list[jax.Array] | None:
     return None if masks is None else [jnp.asarray(m, jnp.float32) for m in masks]
 
 
+def render_images(hp: Any, logits: jax.Array, dist: OutputDistribution, rng: jax.Array) -> jax.Array:
+    """The images synthesis writes (synthesis.output_sampling, at synthesis.output_temperature)."""
+    return render_output(logits, dist, rng, hp.synthesis.output_sampling, hp.synthesis.output_temperature)
+
+
 def make_reconstruction_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     """`values, outputs = step(params, rng, x, masks, posterior_temperature)`.
 
@@ -179,6 +185,7 @@ def make_reconstruction_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     objective is a mean over images, so each image's values come from its own loss.
     """
     no_ssim = is_binarized_mnist(hp) or hp.data.target_res < SSIM_WINDOW
+    dist = OutputDistribution.from_hparams(hp)
 
     def loss_of_one_image(x, logits, posterior, prior, masks):
         add_batch = lambda tree: jax.tree.map(lambda a: a[None], tree)  # noqa: E731
@@ -190,7 +197,7 @@ def make_reconstruction_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
         logits, posterior, prior = model.apply({"params": params}, model_rng, x, variate_masks=masks,
                                                posterior_temperature=posterior_temperature)
         loss = jax.vmap(loss_of_one_image, in_axes=(0, 0, 0, 0, None))(x, logits, posterior, prior, masks)
-        outputs = render_output(hp, output_rng, logits)
+        outputs = render_images(hp, logits, dist, output_rng)
         if no_ssim:
             ssim = jnp.full(x.shape[:1], jnp.nan)
         else:
@@ -276,6 +283,7 @@ def make_importance_step(hp: Any, model: UniversalAutoEncoder, rows: int) -> Cal
     """`log_weights = step(params, rng, xs)`: per row of `xs` (rows, H, W, C) the log weight
     `log p(x|z) + log p(z) - log q(z|x)` in nats of one posterior sample z (temperature 1)."""
     base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+    dist = OutputDistribution.from_hparams(hp)
     shapes = group_shapes(hp)
 
     def step(params, rng, xs):
@@ -284,7 +292,7 @@ def make_importance_step(hp: Any, model: UniversalAutoEncoder, rows: int) -> Cal
                  for key, (variates, size) in zip(jax.random.split(noise_rng, len(shapes)), shapes)]
         logits, posterior, prior = model.apply({"params": params}, model_rng, xs, noise=noise)
         logits = logits.astype(jnp.float32)
-        log_px = bernoulli_log_prob(xs, logits) if is_binarized_mnist(hp) else mol_log_prob(hp, xs, logits)
+        log_px = bernoulli_log_prob(xs, logits) if dist.bernoulli else mol_log_prob(xs, logits, dist)
         log_w = jnp.sum(log_px, axis=(1, 2))
         for eps, post, pri in zip(noise, posterior, prior):
             post = tuple(t.astype(jnp.float32) for t in post)
@@ -318,11 +326,13 @@ def make_generation_step(hp: Any, model: UniversalAutoEncoder, batch_size: int, 
                          ) -> Callable:
     """`images, finite = step(params, rng, level_temperatures)`: prior samples and whether their logits
     are finite; one compile for every setting. With `mesh`, the images are split over its devices."""
+    dist = OutputDistribution.from_hparams(hp)
+
     def step(params, rng, level_temperatures):
         latent_rng, output_rng = jax.random.split(rng)
         logits, _ = model.apply({"params": params}, latent_rng, batch_size, level_temperatures,
                                 method=model.sample_from_prior)
-        return render_output(hp, output_rng, logits), jnp.all(jnp.isfinite(logits))
+        return render_images(hp, logits, dist, output_rng), jnp.all(jnp.isfinite(logits))
 
     if mesh is None:
         return jax.jit(step)
@@ -375,7 +385,7 @@ def make_div_stats_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
 
     def step(params, rng, x):
         _, posterior, prior = model.apply({"params": params}, rng, x)
-        return jnp.stack([jnp.mean(gaussian_kl(post, pri, base, beta), axis=(1, 2))
+        return jnp.stack([jnp.mean(gaussian_kl(post, pri, base, beta, jnp), axis=(1, 2))
                           for post, pri in zip(posterior, prior)], axis=1) / LN2
 
     return jax.jit(step)
@@ -444,11 +454,13 @@ def encode(hp: Any, model: UniversalAutoEncoder, params: Any, masks: np.ndarray,
 def make_decoding_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     """`images, finite = step(params, rng, latents, masks, level_temperatures)`: images decoded from per-group
     latents and masks (efficient_vdvae_common.latent_decoding) and whether their logits are finite."""
+    dist = OutputDistribution.from_hparams(hp)
+
     def step(params, rng, latents, masks, level_temperatures):
         # The split of reconstruction's step: batch i of both draws the same output noise.
         model_rng, output_rng = jax.random.split(rng)
         logits = model.apply({"params": params}, model_rng, latents, masks, level_temperatures, method=model.decode)
-        return render_output(hp, output_rng, logits), jnp.all(jnp.isfinite(logits))
+        return render_images(hp, logits, dist, output_rng), jnp.all(jnp.isfinite(logits))
 
     return jax.jit(step)
 

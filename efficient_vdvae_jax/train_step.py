@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from efficient_vdvae_common.objective import LossOutput
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
-from efficient_vdvae_jax.model.losses import LossOutput
 from efficient_vdvae_jax.model.optimizers import build_optimizer
 from efficient_vdvae_jax.model.schedules import learning_rate_schedule
 

@@ -32,6 +32,7 @@ from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.noise_streams import SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_STREAM
+from efficient_vdvae_common.output_distribution import OutputDistribution
 from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
                                                  format_train_line, is_evaluation_step, non_finite_weights_message,
@@ -87,6 +88,7 @@ def make_validation_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     `first` holds what the summaries need (logits, output samples).
     """
     no_ssim = is_binarized_mnist(hp) or hp.data.target_res < SSIM_WINDOW
+    dist = OutputDistribution.from_hparams(hp)
 
     def loss_of_one_image(x, logits, posterior, prior):
         add_batch = lambda tree: jax.tree.map(lambda a: a[None], tree)  # noqa: E731
@@ -96,7 +98,7 @@ def make_validation_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
         model_rng, output_rng = jax.random.split(rng)
         logits, posterior, prior = model.apply({"params": params}, model_rng, x)
         out = jax.vmap(loss_of_one_image)(x, logits, posterior, prior)
-        samples = sample_output(hp, output_rng, logits)
+        samples = sample_output(logits, dist, output_rng, hp.synthesis.output_temperature)
         if no_ssim:
             ssim = jnp.full(x.shape[:1], jnp.nan)
         else:
@@ -151,13 +153,14 @@ def log_batch_summaries(hp: Any, writer: TensorBoardWriter, step: int, x: np.nda
                         params: Any | None = None) -> None:
     """Histograms (targets, outputs, output means and log-scales, weights) and image grids."""
     binarized = is_binarized_mnist(hp)
+    dist = OutputDistribution.from_hparams(hp)
     samples = outputs["samples"]
     writer.add_histogram("Distributions/target", x, step, bins=20)
     writer.add_histogram("Distributions/output", samples, step, bins=20)
     if not binarized:
-        _, means, raw_scales, _ = split_mol_logits(hp, jnp.asarray(outputs["logits"]))
+        _, means, raw_scales, _ = split_mol_logits(jnp.asarray(outputs["logits"]), dist)
         writer.add_histogram("OutputLayer/means", np.asarray(means), step)
-        writer.add_histogram("OutputLayer/log_scales", np.asarray(mol_log_scales(hp, raw_scales)[1]), step)
+        writer.add_histogram("OutputLayer/log_scales", np.asarray(mol_log_scales(raw_scales, dist)[1]), step)
     if params is not None:
         for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
             writer.add_histogram("Weights/" + ".".join(path), np.asarray(value, np.float32), step)

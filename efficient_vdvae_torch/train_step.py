@@ -9,8 +9,9 @@ from torch import nn
 
 from typing import Sequence
 
+from efficient_vdvae_common.objective import LossOutput
 from efficient_vdvae_torch.model import compute_loss
-from efficient_vdvae_torch.model.losses import LossOutput, count_active_groups
+from efficient_vdvae_torch.model.losses import count_active_groups
 
 __all__ = ["train_step", "eval_step", "update_ema", "update_is_applied"]
 

@@ -26,6 +26,7 @@ from efficient_vdvae_common.data.errors import CorruptImageError
 from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.noise_streams import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
                                                   VALIDATION_STREAM)
+from efficient_vdvae_common.output_distribution import OutputDistribution
 from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
 from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
                                                  format_train_line, ignore_stop_signals_in_worker,
@@ -38,7 +39,7 @@ from efficient_vdvae_torch.data import create_dataloader
 from efficient_vdvae_torch.distributed import DistributedContext, all_reduce_sum, any_rank, barrier, gather_ints
 from efficient_vdvae_torch.model import UniversalAutoEncoder
 from efficient_vdvae_torch.model.optimizers import build_optimizer
-from efficient_vdvae_torch.model.output_distribution import OutputDistribution, mol_log_scales, split_mol_logits
+from efficient_vdvae_torch.model.output_distribution import mol_log_scales, split_mol_logits
 from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 from efficient_vdvae_torch.model.ssim import ssim_metric
 from efficient_vdvae_torch.train_step import eval_step, train_step

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from efficient_vdvae_common.output_distribution import OutputDistribution
 from hparams import load_config
 from tests.conftest import REFERENCE_CONFIG, REFERENCE_OVERRIDES
 
@@ -60,7 +61,7 @@ def _jax_logits(mixture_logits, means, raw_scales, raw_coefficients):
 def _mean_torch(hp, parameters, bernoulli_logits=None):
     import torch
 
-    from efficient_vdvae_torch.model.output_distribution import OutputDistribution, render_output
+    from efficient_vdvae_torch.model.output_distribution import render_output
 
     dist = OutputDistribution.from_hparams(hp)
     logits = bernoulli_logits if bernoulli_logits is not None else _torch_logits(*parameters)
@@ -75,7 +76,8 @@ def _mean_jax(hp, parameters, bernoulli_logits=None):
     from efficient_vdvae_jax.model.output_distribution import render_output
 
     logits = bernoulli_logits.transpose(0, 2, 3, 1) if bernoulli_logits is not None else _jax_logits(*parameters)
-    images = render_output(hp, jax.random.PRNGKey(0), jnp.asarray(logits, jnp.float32))
+    images = render_output(jnp.asarray(logits, jnp.float32), OutputDistribution.from_hparams(hp), jax.random.PRNGKey(0),
+                           hp.synthesis.output_sampling)
     return np.asarray(images).transpose(0, 3, 1, 2)
 
 

@@ -9,47 +9,40 @@ mixture parameters use the JAX original's (3M, C) layout: logits channel
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
-from efficient_vdvae_common.architecture import MNIST_CROP, is_binarized_mnist, pixel_range
+from efficient_vdvae_common.architecture import MNIST_CROP
+from efficient_vdvae_common.output_distribution import OutputDistribution
 from efficient_vdvae_jax.model.latent_layers import beta_softplus
 
 
-def split_mol_logits(hp: Any, logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def split_mol_logits(logits: jax.Array, dist: OutputDistribution
+                     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(mixture logits (B,H,W,M), means, raw scales, tanh'd coefficients (each B,H,W,M,C))."""
-    m, c = hp.model.num_output_mixtures, hp.data.channels
+    m, c = dist.num_mixtures, dist.channels
     params = logits[..., m:].reshape(logits.shape[:-1] + (3 * m, c))
     return logits[..., :m], params[..., :m, :], params[..., m:2 * m, :], jnp.tanh(params[..., 2 * m:, :])
 
 
-def _check_output_base(hp: Any) -> str:
-    base = hp.model.output_distribution_base
-    if base not in ("std", "logstd"):
-        raise ValueError(f"model.output_distribution_base must be 'std' or 'logstd', got {base!r}")
-    return base
+def _std_base_scales(raw: jax.Array, dist: OutputDistribution) -> jax.Array:
+    return jnp.maximum(beta_softplus(raw, dist.smoothing_beta), math.exp(dist.min_log_scale))
 
 
-def _std_base_scales(hp: Any, raw: jax.Array) -> jax.Array:
-    return jnp.maximum(beta_softplus(raw, hp.model.output_gradient_smoothing_beta), math.exp(hp.loss.min_mol_logscale))
-
-
-def mol_log_scales(hp: Any, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
+def mol_log_scales(raw: jax.Array, dist: OutputDistribution) -> tuple[jax.Array, jax.Array]:
     """(inverse scale, log scale) of the logistics, floored at exp(min_mol_logscale)."""
-    if _check_output_base(hp) == "std":
-        scales = _std_base_scales(hp, raw)
+    if dist.base == "std":
+        scales = _std_base_scales(raw, dist)
         return 1.0 / scales, jnp.log(scales)
-    log_scales = jnp.maximum(raw, hp.loss.min_mol_logscale)
-    return jnp.exp(-hp.model.output_gradient_smoothing_beta * log_scales), log_scales
+    log_scales = jnp.maximum(raw, dist.min_log_scale)
+    return jnp.exp(-dist.smoothing_beta * log_scales), log_scales
 
 
-def mol_scales(hp: Any, raw: jax.Array) -> jax.Array:
+def mol_scales(raw: jax.Array, dist: OutputDistribution) -> jax.Array:
     """The logistics' scales, floored at exp(min_mol_logscale)."""
-    if _check_output_base(hp) == "std":
-        return _std_base_scales(hp, raw)
-    return jnp.exp(hp.model.output_gradient_smoothing_beta * jnp.maximum(raw, hp.loss.min_mol_logscale))
+    if dist.base == "std":
+        return _std_base_scales(raw, dist)
+    return jnp.exp(dist.smoothing_beta * jnp.maximum(raw, dist.min_log_scale))
 
 
 def _autoregressive_means(means: jax.Array, coefs: jax.Array, rgb: jax.Array) -> jax.Array:
@@ -62,12 +55,12 @@ def _autoregressive_means(means: jax.Array, coefs: jax.Array, rgb: jax.Array) ->
                       means[..., 2] + coefs[..., 1] * r + coefs[..., 2] * g], axis=-1)
 
 
-def mol_log_prob(hp: Any, targets: jax.Array, logits: jax.Array) -> jax.Array:
+def mol_log_prob(targets: jax.Array, logits: jax.Array, dist: OutputDistribution) -> jax.Array:
     """Log-likelihood of each pixel (B, H, W), summed over channels, mixed over components."""
-    min_pix, max_pix = pixel_range(hp.data.num_bits)
-    n_classes = 2.0 ** hp.data.num_bits - 1.0
-    mixture_logits, means, raw_scales, coefs = split_mol_logits(hp, logits)
-    inv_scales, log_scales = mol_log_scales(hp, raw_scales)
+    min_pix, max_pix = dist.pixel_range
+    n_classes = dist.num_classes
+    mixture_logits, means, raw_scales, coefs = split_mol_logits(logits, dist)
+    inv_scales, log_scales = mol_log_scales(raw_scales, dist)
     t = targets[..., None, :]  # B, H, W, 1, C
     centered = t - _autoregressive_means(means, coefs, t)
     plus = inv_scales * (centered + 1.0 / n_classes)
@@ -93,21 +86,19 @@ def bernoulli_log_prob(targets: jax.Array, logits: jax.Array) -> jax.Array:
     return t * l - jax.nn.softplus(l)
 
 
-def sample_mol(hp: Any, rng: jax.Array, logits: jax.Array,
-                    output_temperature: float | None = None) -> jax.Array:
+def sample_mol(logits: jax.Array, dist: OutputDistribution, rng: jax.Array,
+               temperature: float | jax.Array = 1.0) -> jax.Array:
     """Images (B, H, W, C) in [min_pix, max_pix]: Gumbel-max component choice, logistic sample, RGB AR."""
-    if output_temperature is None:
-        output_temperature = hp.synthesis.output_temperature
-    min_pix, max_pix = pixel_range(hp.data.num_bits)
-    mixture_logits, means, raw_scales, coefs = split_mol_logits(hp, logits)
-    scales = mol_scales(hp, raw_scales)
+    min_pix, max_pix = dist.pixel_range
+    mixture_logits, means, raw_scales, coefs = split_mol_logits(logits, dist)
+    scales = mol_scales(raw_scales, dist)
     choice_rng, logistic_rng = jax.random.split(rng)
     u = jax.random.uniform(choice_rng, mixture_logits.shape, minval=1e-5, maxval=1.0 - 1e-5)
-    component = jnp.argmax(mixture_logits / output_temperature - jnp.log(-jnp.log(u)), axis=-1)
+    component = jnp.argmax(mixture_logits / temperature - jnp.log(-jnp.log(u)), axis=-1)
     one_hot = jax.nn.one_hot(component, mixture_logits.shape[-1], dtype=means.dtype)[..., None]  # B,H,W,M,1
     means, scales, coefs = (jnp.sum(p * one_hot, axis=-2) for p in (means, scales, coefs))
     u = jax.random.uniform(logistic_rng, means.shape, minval=1e-5, maxval=1.0 - 1e-5)
-    x = means + scales * output_temperature * (jnp.log(u) - jnp.log(1.0 - u))
+    x = means + scales * temperature * (jnp.log(u) - jnp.log(1.0 - u))
     if x.shape[-1] != 3:
         return jnp.clip(x, min_pix, max_pix)
     r = jnp.clip(x[..., 0], min_pix, max_pix)
@@ -116,20 +107,21 @@ def sample_mol(hp: Any, rng: jax.Array, logits: jax.Array,
     return jnp.stack([r, g, b], axis=-1)
 
 
-def sample_bernoulli(rng: jax.Array, logits: jax.Array) -> jax.Array:
+def sample_bernoulli(logits: jax.Array, rng: jax.Array) -> jax.Array:
     """Binary images (B, 28, 28, 1) drawn with p = sigmoid(logits) on the central crop."""
     probs = jax.nn.sigmoid(logits[:, MNIST_CROP, MNIST_CROP, :])
     return jax.random.bernoulli(rng, probs).astype(logits.dtype)
 
 
-def sample_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
-    """Images from the output distribution of the dataset."""
-    if is_binarized_mnist(hp):
-        return sample_bernoulli(rng, logits)
-    return sample_mol(hp, rng, logits)
+def sample_output(logits: jax.Array, dist: OutputDistribution, rng: jax.Array,
+                  temperature: float | jax.Array = 1.0) -> jax.Array:
+    """Draw images from the output distribution given by `logits`."""
+    if dist.bernoulli:
+        return sample_bernoulli(logits, rng)
+    return sample_mol(logits, dist, rng, temperature)
 
 
-def mol_mean(hp: Any, logits: jax.Array) -> jax.Array:
+def mol_mean(logits: jax.Array, dist: OutputDistribution) -> jax.Array:
     """The mixture's mean image (B, H, W, C) in [min_pix, max_pix] (SPEC.md section 5).
 
     Each component's location for green (blue) is its mean plus the
@@ -139,8 +131,8 @@ def mol_mean(hp: Any, logits: jax.Array) -> jax.Array:
     logits) sum of the locations. Clipping each component, as the pixel values
     are, keeps an unlikely component with a far-off location from dragging the mean.
     """
-    min_pix, max_pix = pixel_range(hp.data.num_bits)
-    mixture_logits, means, _, coefs = split_mol_logits(hp, logits)
+    min_pix, max_pix = dist.pixel_range
+    mixture_logits, means, _, coefs = split_mol_logits(logits, dist)
     clip = lambda v: jnp.clip(v, min_pix, max_pix)  # noqa: E731
     if means.shape[-1] == 3:
         r = clip(means[..., 0])
@@ -158,19 +150,19 @@ def bernoulli_mean(logits: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(logits[:, MNIST_CROP, MNIST_CROP, :])
 
 
-def output_mean(hp: Any, logits: jax.Array) -> jax.Array:
-    """The mean image of the output distribution of the dataset (no randomness, no temperature)."""
-    if is_binarized_mnist(hp):
+def output_mean(logits: jax.Array, dist: OutputDistribution) -> jax.Array:
+    """The mean image of the output distribution given by `logits` (no randomness, no temperature)."""
+    if dist.bernoulli:
         return bernoulli_mean(logits)
-    return mol_mean(hp, logits)
+    return mol_mean(logits, dist)
 
 
-def render_output(hp: Any, rng: jax.Array, logits: jax.Array) -> jax.Array:
-    """The images synthesis writes (synthesis.output_sampling): a sample at synthesis.output_temperature,
-    or the mean (`rng` unused)."""
-    sampling = hp.synthesis.output_sampling
+def render_output(logits: jax.Array, dist: OutputDistribution, rng: jax.Array, sampling: str = "sample",
+                  temperature: float | jax.Array = 1.0) -> jax.Array:
+    """The images synthesis writes (synthesis.output_sampling): a sample at `temperature`, or the mean
+    (`rng` unused)."""
     if sampling == "mean":
-        return output_mean(hp, logits)
+        return output_mean(logits, dist)
     if sampling != "sample":
         raise ValueError(f"synthesis.output_sampling must be 'sample' or 'mean', got {sampling!r}")
-    return sample_output(hp, rng, logits)
+    return sample_output(logits, dist, rng, temperature)

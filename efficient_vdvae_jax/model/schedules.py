@@ -29,20 +29,18 @@ def kl_beta(hp: Any, step: jax.Array | int) -> jax.Array:
                      f"got {loss.variation_schedule!r}")
 
 
-def gamma_balanced_kl(hp: Any, kl_per_group: jax.Array, avg_kl_per_group_nats: jax.Array,
-                      step: jax.Array | int) -> jax.Array:
-    """The KL term: sum_g alpha_g * kl_g while balancing is on (NVAE), else sum_g kl_g.
+def use_gamma(hp: Any, step: jax.Array | int | None) -> bool | jax.Array:
+    """Whether KL balancing applies at `step`: False, known before tracing, in evaluation (step None)
+    or without loss.use_gamma_schedule; else step <= loss.gamma_max_steps (traced under jit)."""
+    if step is None or not hp.loss.use_gamma_schedule:
+        return False
+    return jnp.asarray(step) <= hp.loss.gamma_max_steps
 
-    alpha = L * a / sum(a) is a constant for the gradient; a is the per-latent-element
-    average KL (nats) with `scaled_gamma`, else the per-image-dim KL.
-    """
-    total = jnp.sum(kl_per_group)
-    if not hp.loss.use_gamma_schedule:
-        return total
-    a = avg_kl_per_group_nats if hp.loss.scaled_gamma else kl_per_group
-    alpha = jax.lax.stop_gradient(kl_per_group.shape[0] * a / jnp.sum(a))
-    balanced = jnp.sum(alpha * kl_per_group)
-    return jnp.where(jnp.asarray(step) <= hp.loss.gamma_max_steps, balanced, total)
+
+def gamma_weights(balance_terms: jax.Array) -> jax.Array:
+    """alpha_g = L * a_g / sum(a), a constant of the objective (no gradient)."""
+    a = jax.lax.stop_gradient(balance_terms)
+    return a.shape[0] * a / jnp.sum(a)
 
 
 def learning_rate_schedule(hp: Any) -> Schedule:

@@ -1,42 +1,17 @@
 """The objective: reconstruction, analytic KL, gamma balancing, beta warm-up (SPEC.md section 5)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.distributed
 
 from efficient_vdvae_common.architecture import LN2, image_dims, report_units_per_nat_per_dim
-from efficient_vdvae_torch.model.latent_layers import GaussianStats, check_distribution_base
-from efficient_vdvae_torch.model.output_distribution import OutputDistribution, bernoulli_log_prob, mol_log_prob
+from efficient_vdvae_common.objective import LossOutput, gaussian_kl
+from efficient_vdvae_common.output_distribution import OutputDistribution
+from efficient_vdvae_torch.model.latent_layers import GaussianStats
+from efficient_vdvae_torch.model.output_distribution import bernoulli_log_prob, mol_log_prob
 from efficient_vdvae_torch.model.schedules import gamma_weights, kl_beta, use_gamma
-
-
-@dataclass
-class LossOutput:
-    """Terms of the objective. "Report units" are bits/dim, or nats per image for binarized_mnist."""
-
-    loss: torch.Tensor  # optimised: recon_loss + beta * (balanced) KL, nats/dim
-    recon_loss: torch.Tensor  # nats/dim
-    kl_per_group: torch.Tensor  # (L,) nats per image dim
-    avg_kl_per_group: torch.Tensor  # (L,) bits per latent dim
-    kl_div: torch.Tensor  # sum of kl_per_group, report units
-    recon_report: torch.Tensor  # recon_loss in report units
-    nelbo: torch.Tensor  # recon_report + kl_div, report units
-    beta: float
-
-
-def gaussian_kl(posterior: GaussianStats, prior: GaussianStats, base: str, smoothing_beta: float) -> torch.Tensor:
-    """Elementwise KL(posterior || prior) of diagonal Gaussians given in `base`."""
-    if base == "std":
-        inv_prior_std = 1.0 / prior[1]
-        ratio = posterior[1] * inv_prior_std
-    else:
-        inv_prior_std = torch.exp(-smoothing_beta * prior[1])
-        ratio = torch.exp(smoothing_beta * posterior[1]) * inv_prior_std
-    delta = (posterior[0] - prior[0]) * inv_prior_std
-    return 0.5 * (delta * delta + ratio * ratio) - 0.5 - torch.log(ratio)
 
 
 def global_batch_mean(batch_means: torch.Tensor, batch: int) -> torch.Tensor:
@@ -56,6 +31,20 @@ def global_batch_mean(batch_means: torch.Tensor, batch: int) -> torch.Tensor:
     return (sums[:-1] / sums[-1]).to(means.dtype)
 
 
+def gamma_balanced_kl(hp, kl_per_group: torch.Tensor, avg_kl_per_group_nats: torch.Tensor, step: int | None,
+                      batch: int) -> torch.Tensor:
+    """The KL term: sum_g alpha_g * kl_g while balancing applies (NVAE), else sum_g kl_g.
+
+    alpha = L * a / sum(a) (gamma_weights) weighs the groups by a, the per-latent-element
+    average KL (nats) with loss.scaled_gamma, else the per-image-dim KL; a is averaged
+    over the global batch (global_batch_mean).
+    """
+    if not use_gamma(hp, step):
+        return kl_per_group.sum()
+    balance = avg_kl_per_group_nats if hp.loss.scaled_gamma else kl_per_group
+    return torch.sum(gamma_weights(global_batch_mean(balance, batch)) * kl_per_group)
+
+
 def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Sequence[GaussianStats],
                  prior_stats: Sequence[GaussianStats], step: int | None,
                  variate_masks: Sequence | None = None) -> LossOutput:
@@ -69,8 +58,6 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
     averaging then gives the gradient of the global-batch loss.
     """
     dist = OutputDistribution.from_hparams(hp)
-    base = check_distribution_base(hp.model.distribution_base)
-    smoothing_beta = hp.model.gradient_smoothing_beta
     # Losses in float32 even under bf16 autocast.
     x, logits = x.float(), logits.float()
     batch = x.shape[0]
@@ -79,23 +66,16 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
     log_prob = bernoulli_log_prob(x, logits) if dist.bernoulli else mol_log_prob(x, logits, dist)
     recon_loss = -log_prob.sum() / (batch * dims)
 
-    kl_per_group, avg_kl_per_group = [], []
-    masks = [None] * len(posterior_stats) if variate_masks is None else variate_masks
-    for post, prior, mask in zip(posterior_stats, prior_stats, masks, strict=True):
-        kl = gaussian_kl((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
-                           base, smoothing_beta)
-        if mask is not None:
-            kl = kl * torch.as_tensor(mask, dtype=kl.dtype, device=kl.device).view(1, -1, 1, 1)
-        kl_per_group.append(kl.sum() / (batch * dims))
-        avg_kl_per_group.append(kl.mean() / LN2)
-    kl_per_group = torch.stack(kl_per_group)
-    avg_kl_per_group = torch.stack(avg_kl_per_group)
-
-    if use_gamma(hp, step):
-        balance = avg_kl_per_group * LN2 if hp.loss.scaled_gamma else kl_per_group
-        kl_loss = torch.sum(gamma_weights(global_batch_mean(balance, batch)) * kl_per_group)
-    else:
-        kl_loss = kl_per_group.sum()
+    base, smoothing_beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+    kls = [gaussian_kl((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
+                       base, smoothing_beta, torch)
+           for post, prior in zip(posterior_stats, prior_stats, strict=True)]
+    if variate_masks is not None:
+        kls = [kl if mask is None else kl * torch.as_tensor(mask, dtype=kl.dtype, device=kl.device).view(1, -1, 1, 1)
+               for kl, mask in zip(kls, variate_masks, strict=True)]
+    kl_per_group = torch.stack([kl.sum() for kl in kls]) / (batch * dims)
+    avg_kl_nats = torch.stack([kl.mean() for kl in kls])
+    kl_loss = gamma_balanced_kl(hp, kl_per_group, avg_kl_nats, step, batch)
     beta = 1.0 if step is None else kl_beta(hp, step)
 
     to_report = report_units_per_nat_per_dim(hp)
@@ -105,7 +85,7 @@ def compute_loss(hp, x: torch.Tensor, logits: torch.Tensor, posterior_stats: Seq
         loss=recon_loss + beta * kl_loss,
         recon_loss=recon_loss,
         kl_per_group=kl_per_group,
-        avg_kl_per_group=avg_kl_per_group,
+        avg_kl_per_group=avg_kl_nats / LN2,
         kl_div=kl_div,
         recon_report=recon_report,
         nelbo=recon_report + kl_div,
@@ -122,7 +102,7 @@ def kl_per_variate(hp, posterior_stats: Sequence[GaussianStats], prior_stats: Se
                          f"(model.down_latent_variates), got {sorted(widths)}")
     return torch.stack([
         gaussian_kl((post[0].float(), post[1].float()), (prior[0].float(), prior[1].float()),
-                      base, smoothing_beta).mean(dim=(0, 2, 3)) / LN2
+                    base, smoothing_beta, torch).mean(dim=(0, 2, 3)) / LN2
         for post, prior in zip(posterior_stats, prior_stats, strict=True)
     ])
 

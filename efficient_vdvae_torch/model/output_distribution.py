@@ -9,56 +9,20 @@ original's): channels [0, M) are the mixture logits; the rest reshape to
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from efficient_vdvae_common.architecture import MNIST_CROP, is_binarized_mnist, pixel_range
-from efficient_vdvae_torch.model.latent_layers import check_distribution_base, beta_softplus
+from efficient_vdvae_common.architecture import MNIST_CROP
+from efficient_vdvae_common.output_distribution import OutputDistribution
+from efficient_vdvae_torch.model.latent_layers import beta_softplus
 
 # Uniform draws stay away from 0 and 1 so that the logs below stay finite.
 UNIFORM_MARGIN = 1e-5
 
 
-@dataclass(frozen=True)
-class OutputDistribution:
-    """The output likelihood's settings, read once from the config."""
-
-    bernoulli: bool
-    num_mixtures: int
-    channels: int
-    num_bits: float
-    base: str
-    smoothing_beta: float
-    min_log_scale: float
-
-    @classmethod
-    def from_hparams(cls, hp) -> "OutputDistribution":
-        channels = hp.data.channels
-        bernoulli = is_binarized_mnist(hp)
-        if not bernoulli and channels not in (1, 3):
-            raise ValueError(f"data.channels = {channels}: the mixture of logistics supports 1 or 3 channels")
-        return cls(
-            bernoulli=bernoulli,
-            num_mixtures=hp.model.num_output_mixtures,
-            channels=channels,
-            num_bits=hp.data.num_bits,
-            base=check_distribution_base(hp.model.output_distribution_base, "model.output_distribution_base"),
-            smoothing_beta=hp.model.output_gradient_smoothing_beta,
-            min_log_scale=hp.loss.min_mol_logscale,
-        )
-
-    @property
-    def pixel_range(self) -> tuple[float, float]:
-        return pixel_range(self.num_bits)
-
-    @property
-    def num_classes(self) -> float:
-        return 2.0 ** self.num_bits - 1.0
-
-
-def split_mol_logits(logits: torch.Tensor, dist: OutputDistribution):
+def split_mol_logits(logits: torch.Tensor, dist: OutputDistribution
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mixture logits (B,M,H,W), means, raw scales, coefficients (each B,C,M,H,W))."""
     b, _, h, w = logits.shape
     m, c = dist.num_mixtures, dist.channels

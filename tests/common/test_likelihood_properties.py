@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from efficient_vdvae_common.objective import gaussian_kl
+from efficient_vdvae_common.output_distribution import OutputDistribution
 from hparams import load_config
 from tests.hparams.helpers import REFERENCE_CONFIG
 
@@ -83,7 +84,7 @@ def sub_pixel_probabilities(framework: str, base: str, params, channel: int, bet
     if framework == "torch":
         import torch
 
-        from efficient_vdvae_torch.model.output_distribution import OutputDistribution, mol_log_prob
+        from efficient_vdvae_torch.model.output_distribution import mol_log_prob
 
         dist = OutputDistribution(bernoulli=False, num_mixtures=mixtures, channels=channels, num_bits=8.0,
                                   base=base, smoothing_beta=beta, min_log_scale=MIN_LOG_SCALE)
@@ -103,13 +104,9 @@ def _jitted_mol_log_prob(mixtures: int, channels: int, base: str, beta: float):
 
     from efficient_vdvae_jax.model.output_distribution import mol_log_prob
 
-    hp = SimpleNamespace(
-        model=SimpleNamespace(num_output_mixtures=mixtures, output_gradient_smoothing_beta=beta,
-                              output_distribution_base=base),
-        data=SimpleNamespace(channels=channels, num_bits=8.0),
-        loss=SimpleNamespace(min_mol_logscale=MIN_LOG_SCALE),
-    )
-    return jax.jit(functools.partial(mol_log_prob, hp))
+    dist = OutputDistribution(bernoulli=False, num_mixtures=mixtures, channels=channels, num_bits=8.0,
+                              base=base, smoothing_beta=beta, min_log_scale=MIN_LOG_SCALE)
+    return jax.jit(functools.partial(mol_log_prob, dist=dist))
 
 
 @st.composite
@@ -176,16 +173,12 @@ def framework_kl(framework: str, base: str, stats: np.ndarray) -> np.ndarray:
     if framework == "torch":
         import torch
 
-        from efficient_vdvae_torch.model.losses import gaussian_kl
-
         t = [torch.as_tensor(row) for row in stats]
-        return gaussian_kl((t[0], t[1]), (t[2], t[3]), base, beta).double().numpy()
+        return gaussian_kl((t[0], t[1]), (t[2], t[3]), base, beta, torch).double().numpy()
     import jax.numpy as jnp
 
-    from efficient_vdvae_jax.model.losses import gaussian_kl
-
     j = [jnp.asarray(row) for row in stats]
-    return np.asarray(gaussian_kl((j[0], j[1]), (j[2], j[3]), base, beta), dtype=np.float64)
+    return np.asarray(gaussian_kl((j[0], j[1]), (j[2], j[3]), base, beta, jnp), dtype=np.float64)
 
 
 @pytest.mark.parametrize("base", ["std", "logstd"])

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from efficient_vdvae_jax.model.losses import compute_loss, gaussian_kl
+from efficient_vdvae_common.objective import gaussian_kl
+from efficient_vdvae_common.output_distribution import OutputDistribution
+from efficient_vdvae_jax.model.losses import compute_loss, gamma_balanced_kl
 from efficient_vdvae_jax.model.output_distribution import bernoulli_log_prob, mol_log_prob, sample_mol
 from tests.jax.helpers import load_reference_config, load_tiny_config
 
@@ -71,7 +73,7 @@ def test_mol_log_prob_matches_logistic_cdf(num_bits):
     scales = np.log1p(np.exp(b * raw_scales.astype(np.float32).astype(np.float64))) / b
     expected = reference_mol_log_prob(targets, mixture_logits.astype(np.float32), means.astype(np.float32),
                                  scales, np.tanh(raw_coefs.astype(np.float32)), 2 ** num_bits - 1, min_pix, max_pix)
-    np.testing.assert_allclose(mol_log_prob(hp, jnp.asarray(targets), jnp.asarray(logits)), expected, rtol=2e-4)
+    np.testing.assert_allclose(mol_log_prob(jnp.asarray(targets), jnp.asarray(logits), OutputDistribution.from_hparams(hp)), expected, rtol=2e-4)
 
 
 def test_bernoulli_log_prob_on_the_central_crop():
@@ -97,8 +99,24 @@ def test_gaussian_kl_closed_form(base):
     raw_p, raw_q = rng.uniform(-1, 1, size=(2, 50))
     std_p, std_q = (np.exp(b * raw_p), np.exp(b * raw_q)) if base == "logstd" else (np.exp(raw_p), np.exp(raw_q))
     scale_p, scale_q = (raw_p, raw_q) if base == "logstd" else (std_p, std_q)
-    kl = gaussian_kl((jnp.asarray(mp), jnp.asarray(scale_p)), (jnp.asarray(mq), jnp.asarray(scale_q)), base, b)
+    kl = gaussian_kl((jnp.asarray(mp), jnp.asarray(scale_p)), (jnp.asarray(mq), jnp.asarray(scale_q)), base, b, jnp)
     np.testing.assert_allclose(kl, closed_form_kl(mp, std_p, mq, std_q), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scaled_gamma", [True, False])
+def test_gamma_balancing_weights_and_stops_gradient(scaled_gamma):
+    hp = load_reference_config(f"loss.scaled_gamma={scaled_gamma}")
+    kl = jnp.asarray([0.5, 1.0, 2.0, 0.25])
+    avg = jnp.asarray([4.0, 1.0, 1.0, 2.0])
+    a = np.asarray(avg if scaled_gamma else kl)
+    alpha = 4 * a / a.sum()
+    assert float(gamma_balanced_kl(hp, kl, avg, 0)) == pytest.approx(float(np.dot(alpha, kl)), rel=1e-6)
+    assert float(gamma_balanced_kl(hp, kl, avg, hp.loss.gamma_max_steps)) == pytest.approx(float(np.dot(alpha, kl)), rel=1e-6)
+    assert float(gamma_balanced_kl(hp, kl, avg, hp.loss.gamma_max_steps + 1)) == pytest.approx(3.75)
+    # alpha is a constant: d/d kl = alpha, even when the weights are computed from kl itself.
+    grad = jax.grad(lambda k: gamma_balanced_kl(hp, k, avg, 0))(kl)
+    np.testing.assert_allclose(grad, alpha, rtol=1e-6)
+
 
 
 def test_compute_loss_normalisations():
@@ -118,7 +136,7 @@ def test_compute_loss_normalisations():
     kls = [closed_form_kl(m, s, 0.0, 1.0) for m, s in post]
     np.testing.assert_allclose(out.kl_per_group, [k.sum() / (B * D) for k in kls], rtol=1e-5)
     np.testing.assert_allclose(out.avg_kl_per_group, [k.mean() / math.log(2) for k in kls], rtol=1e-5)
-    recon = -float(np.sum(mol_log_prob(hp, x, logits))) / (B * D)
+    recon = -float(np.sum(mol_log_prob(x, logits, OutputDistribution.from_hparams(hp)))) / (B * D)
     beta = (3000 - 21) / 5021
     assert float(out.recon_loss) == pytest.approx(recon, rel=1e-6)
     assert float(out.beta) == pytest.approx(beta, rel=1e-6)
@@ -149,7 +167,7 @@ def test_mol_sample_without_noise_follows_the_autoregression():
     coefs_raw = rng.normal(size=(1, 2, 2, M, C))
     mixture_logits = np.array([-1e4, 1e4]) * np.ones((1, 2, 2, M))
     logits = pack_logits(mixture_logits, means, np.full(means.shape, -1e3), coefs_raw)
-    x = np.asarray(sample_mol(hp, jax.random.PRNGKey(0), jnp.asarray(logits)))
+    x = np.asarray(sample_mol(jnp.asarray(logits), OutputDistribution.from_hparams(hp), jax.random.PRNGKey(0)))
     mu, a = means[..., 1, :], np.tanh(coefs_raw[..., 1, :])
     r = np.clip(mu[..., 0], -1, 1)
     g = np.clip(mu[..., 1] + a[..., 0] * r, -1, 1)

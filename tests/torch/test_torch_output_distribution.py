@@ -9,8 +9,8 @@ import torch
 from scipy import stats
 from scipy.special import expit, logsumexp, softmax
 
-from efficient_vdvae_torch.model.output_distribution import (OutputDistribution, bernoulli_log_prob, mol_log_prob,
-                                                             sample_mol)
+from efficient_vdvae_common.output_distribution import OutputDistribution
+from efficient_vdvae_torch.model.output_distribution import bernoulli_log_prob, mol_log_prob, sample_mol
 
 BETA = 0.6931472
 
