@@ -3,11 +3,12 @@
 
 Two kinds (`--kind`):
 
-- `shapes` (default, the quick start's): one coloured circle, square or
-  triangle on a plain off-white background per image, drawn with Pillow at
-  16x16 by default. Simple enough that a tiny model trained for a few minutes
-  on a CPU reconstructs them sharply and samples shape-like pictures (at 32x32
-  the same minutes are a quarter as many updates, too few for that).
+- `shapes` (default, the quick start's): one red circle, green square or
+  blue triangle near the centre of a plain off-white background per
+  image, drawn with Pillow at 16x16 by default. Simple enough that a tiny
+  model trained for a few minutes on a CPU reconstructs them sharply and
+  samples shapes (at 32x32 the same minutes are a quarter as many updates,
+  too few for that).
 - `photos`: random crops of the photographs bundled with scikit-image at
   32x32, the former quick-start set (harder: minutes of CPU training give
   blurry colour).
@@ -41,11 +42,16 @@ PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", 
                "colorwheel", "retina", "coins", "camera", "moon", "page", "text", "logo")
 TRAIN_FRACTION_OF_WIDTH = 0.75
 
-SHAPE_KINDS = ("circle", "square", "triangle")
-# Five saturated colours on one off-white background: few enough modes per
-# pixel that minutes of CPU training give sharp, correctly coloured shapes.
-SHAPE_COLOURS = ((220, 40, 40), (40, 170, 60), (40, 90, 220), (240, 190, 20), (170, 50, 200))
+# One saturated colour per kind of shape on one off-white background, sizes
+# in a narrow range and positions near the centre: a data manifold simple
+# enough for a tiny model trained for minutes on a CPU. With the colour drawn
+# apart from the shape (three or five colours, anywhere in the frame), such a
+# model's pictures got the outlines but blended the colours into brown.
+SHAPE_COLOURS = {"circle": (220, 40, 40), "square": (40, 170, 60), "triangle": (40, 90, 220)}
+SHAPE_KINDS = tuple(SHAPE_COLOURS)
 BACKGROUND = (245, 245, 240)
+SIDE_RANGE = (0.5, 0.75)  # the shape's bounding box, as a fraction of the image side
+MAX_OFFSET = 0.1  # of the image side: how far the box's centre may be from the image's
 # Shapes are drawn at this multiple of the image size and shrunk, for smooth edges.
 SUPERSAMPLING = 4
 
@@ -53,15 +59,15 @@ SUPERSAMPLING = 4
 def draw_shape(size: int, rng: np.random.Generator) -> Image.Image:
     """One size x size RGB image: a random shape, colour, size and position on the plain background."""
     big = size * SUPERSAMPLING
-    colour = SHAPE_COLOURS[rng.integers(len(SHAPE_COLOURS))]
+    kind = SHAPE_KINDS[rng.integers(len(SHAPE_KINDS))]
     image = Image.new("RGB", (big, big), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    # Between 45% and 80% of the side, fully inside the frame.
-    side = rng.uniform(0.45, 0.8) * big
-    left = rng.uniform(0.05 * big, 0.95 * big - side)
-    top = rng.uniform(0.05 * big, 0.95 * big - side)
+    side = rng.uniform(*SIDE_RANGE) * big
+    # Near the centre and fully inside the frame (a 5% margin).
+    room = min(MAX_OFFSET * big, (0.9 * big - side) / 2)
+    left, top = (big - side) / 2 + rng.uniform(-room, room, size=2)
     box = (left, top, left + side, top + side)
-    kind = SHAPE_KINDS[rng.integers(len(SHAPE_KINDS))]
+    colour = SHAPE_COLOURS[kind]
     if kind == "circle":
         draw.ellipse(box, fill=colour)
     elif kind == "square":

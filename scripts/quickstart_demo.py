@@ -77,6 +77,7 @@ def _nelbo_line(reconstruction_output: str) -> str:
 
 FIGURE_GAP = 8  # white pixels between the two grids of the figure
 FIGURE_SCALE = 3  # the grids' pixels are repeated so: 16x16 tiles are too small to see on a page
+FIGURE_TEMPERATURE = "0.9"  # the sample grid of the figure (a temperature_settings entry of egs/quickstart.cfg)
 
 
 def demo_figure(grids: list[Path], out: Path, scale: int = FIGURE_SCALE) -> Path:
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("framework", choices=tuple(IMPLEMENTATIONS))
     parser.add_argument("--figure", type=Path, default=None,
-                        help="also write the README's picture here (reconstructions beside samples at T=0.8)")
+                        help="also write the README's picture here (reconstructions beside samples at "
+                             f"T={FIGURE_TEMPERATURE})")
     args = parser.parse_args(argv)
     folder = REPO_ROOT / IMPLEMENTATIONS[args.framework]
     python = sys.executable
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Per-image files: {(logs / 'synthesis-images').relative_to(REPO_ROOT)}/")
     print(f"Training curves: tensorboard --logdir {logs.relative_to(REPO_ROOT)}")
     if args.figure is not None:
-        samples = [grid for grid in grids if grid.name.startswith("generation-") and "_T-0.8." in grid.name]
+        samples = [grid for grid in grids if grid.name.startswith("generation-") and f"_T-{FIGURE_TEMPERATURE}." in grid.name]
         reconstructions = logs / "synthesis-images" / GRIDS_FOLDER / "reconstruction.png"
         print(f"Figure: {demo_figure([reconstructions, *samples[:1]], args.figure)}")
     return 0

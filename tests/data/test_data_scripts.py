@@ -89,15 +89,21 @@ def test_sample_dataset_layout_and_determinism(tmp_path, make_config, kind):
     assert batch.shape == (4, 3, 32, 32) and batch.std() > 0.05
 
 
-def test_shapes_are_one_coloured_shape_on_the_plain_background():
+def test_shapes_are_one_coloured_shape_near_the_centre_of_the_plain_background():
     script = _script("make_sample_dataset")
     rng = np.random.default_rng(0)
+    size = 32
     for _ in range(30):
-        image = np.asarray(script.draw_shape(32, rng)).reshape(-1, 3)
-        background = (image == script.BACKGROUND).all(axis=1)
+        image = np.asarray(script.draw_shape(size, rng))
+        background = (image == script.BACKGROUND).all(axis=-1)
         assert 0.1 < 1 - background.mean() < 0.7  # the shape covers a tenth to most of the picture
         colours, counts = np.unique(image[~background], axis=0, return_counts=True)
-        assert tuple(colours[counts.argmax()]) in script.SHAPE_COLOURS  # edges blend, the inside is pure
+        assert tuple(colours[counts.argmax()]) in script.SHAPE_COLOURS.values()  # edges blend, the inside is pure
+        # Its bounding box (blended edges included: one pixel of slack) is of the drawn size, near the centre.
+        rows, cols = np.nonzero(~background)
+        for low, high in ((rows.min(), rows.max() + 1), (cols.min(), cols.max() + 1)):
+            assert script.SIDE_RANGE[0] * size - 1 <= high - low <= script.SIDE_RANGE[1] * size + 2
+            assert abs((low + high) / 2 - size / 2) <= script.MAX_OFFSET * size + 1
 
 
 def test_random_split_is_seeded_complete_and_flat(tmp_path, writers):
