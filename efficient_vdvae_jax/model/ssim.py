@@ -9,13 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """Normalised 2-D Gaussian (size, size)."""
-    offsets = np.arange(size) - (size - 1) / 2
-    g = np.exp(-offsets ** 2 / (2 * sigma ** 2))
-    g /= g.sum()
-    return np.outer(g, g)
+from efficient_vdvae_common.ssim import gaussian_window, ssim_map
 
 
 def ssim_per_image(x: jax.Array, y: jax.Array, data_range: float = 255.0, window_size: int = 11,
@@ -40,7 +34,5 @@ def ssim_per_image(x: jax.Array, y: jax.Array, data_range: float = 255.0, window
     var_x = blur(xc * xc) - mu_xc * mu_xc
     var_y = blur(yc * yc) - mu_yc * mu_yc
     cov_xy = blur(xc * yc) - mu_xc * mu_yc
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return jnp.mean(ssim_map, axis=(1, 2, 3))
+    return jnp.mean(ssim_map(mu_x, mu_y, var_x, var_y, cov_xy, data_range, k1, k2), axis=(1, 2, 3))
 

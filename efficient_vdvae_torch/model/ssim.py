@@ -9,13 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, device=None) -> torch.Tensor:
-    """Normalised 2-D Gaussian (size, size)."""
-    offsets = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+from efficient_vdvae_common.ssim import gaussian_window, ssim_map
 
 
 def ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0, window_size: int = 11,
@@ -31,7 +25,7 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0, 
     # float64: E[x^2] - E[x]^2 on a 0..255 range loses digits in float32.
     x, y = x.double(), y.double()
     channels = x.shape[1]
-    window = gaussian_window(window_size, sigma, device=x.device).expand(channels, 1, -1, -1)
+    window = torch.as_tensor(gaussian_window(window_size, sigma), device=x.device).expand(channels, 1, -1, -1)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, window, groups=channels)
@@ -40,9 +34,7 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0, 
     var_x = blur(x * x) - mu_x * mu_x
     var_y = blur(y * y) - mu_y * mu_y
     cov_xy = blur(x * y) - mu_x * mu_y
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean(dim=(1, 2, 3))
+    return ssim_map(mu_x, mu_y, var_x, var_y, cov_xy, data_range, k1, k2).mean(dim=(1, 2, 3))
 
 
 def ssim_metric(targets: torch.Tensor, outputs: torch.Tensor) -> float:
