@@ -10,6 +10,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from hparams.schema import LEARNING_RATE_SCHEMES, VARIATION_SCHEDULES
+
 Schedule = Callable[[jax.Array], jax.Array]
 
 
@@ -25,8 +27,7 @@ def kl_beta(hp: Any, step: jax.Array | int) -> jax.Array:
         # The denominator anneal_start + anneal_steps is the originals' (SPEC.md section 5).
         ramp = (step - loss.vae_beta_anneal_start) / (loss.vae_beta_anneal_start + loss.vae_beta_anneal_steps)
         return jnp.clip(ramp, loss.vae_beta_min, 1.0)
-    raise ValueError(f"loss.variation_schedule must be 'None', 'Logistic' or 'Linear', "
-                     f"got {loss.variation_schedule!r}")
+    raise ValueError(f"loss.variation_schedule = {loss.variation_schedule!r}: expected one of {VARIATION_SCHEDULES}")
 
 
 def use_gamma(hp: Any, step: jax.Array | int | None) -> bool | jax.Array:
@@ -44,7 +45,8 @@ def gamma_weights(balance_terms: jax.Array) -> jax.Array:
 
 
 def learning_rate_schedule(hp: Any) -> Schedule:
-    """lr(t) for t optimiser updates applied so far (SPEC.md section 6)."""
+    """lr(t) for t optimiser updates applied so far (SPEC.md section 6); the scheme's settings are checked
+    when the config loads (hparams/validation.py)."""
     opt = hp.optimizer
     lr, warmup = opt.learning_rate, opt.warmup_steps
     scheme = opt.learning_rate_scheme
@@ -57,9 +59,6 @@ def learning_rate_schedule(hp: Any) -> Schedule:
     if scheme == "constant":
         return lambda t: warmed_up(jnp.asarray(t, jnp.float32))
     if scheme == "cosine":
-        if warmup > opt.decay_start:
-            raise ValueError(f"optimizer.warmup_steps ({warmup}) must be <= optimizer.decay_start "
-                             f"({opt.decay_start}) for the cosine schedule")
         a = opt.min_learning_rate / lr
 
         def cosine(t: jax.Array) -> jax.Array:
@@ -82,5 +81,4 @@ def learning_rate_schedule(hp: Any) -> Schedule:
             return lr * warmup ** 0.5 * jnp.minimum(t ** -0.5, t * warmup ** -1.5)
 
         return noam
-    raise ValueError(f"optimizer.learning_rate_scheme must be 'constant', 'cosine', 'exponential' or "
-                     f"'noam', got {scheme!r}")
+    raise ValueError(f"optimizer.learning_rate_scheme = {scheme!r}: expected one of {LEARNING_RATE_SCHEMES}")

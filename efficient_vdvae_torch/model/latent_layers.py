@@ -6,11 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from efficient_vdvae_torch.model.conv2d import Conv2d
+from hparams.schema import DISTRIBUTION_BASES
 
 # (mean, std) in the 'std' base, (mean, logstd) in the 'logstd' base.
 GaussianStats = tuple[torch.Tensor, torch.Tensor]
 
-DISTRIBUTION_BASES = ("std", "logstd")
 
 
 def check_distribution_base(base: str, key: str = "model.distribution_base") -> str:

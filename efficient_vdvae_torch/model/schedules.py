@@ -9,8 +9,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-BETA_SCHEDULES = ("None", "Logistic", "Linear")
-LR_SCHEMES = ("constant", "cosine", "exponential", "noam")
+from hparams.schema import LEARNING_RATE_SCHEMES, VARIATION_SCHEDULES
 
 
 def kl_beta(hp, step: int) -> float:
@@ -26,7 +25,7 @@ def kl_beta(hp, step: int) -> float:
         # The denominator is anneal_start + anneal_steps in both originals (SPEC.md section 5).
         ramp = (step - loss.vae_beta_anneal_start) / (loss.vae_beta_anneal_start + loss.vae_beta_anneal_steps)
         return min(max(ramp, loss.vae_beta_min), 1.0)
-    raise ValueError(f"loss.variation_schedule = {loss.variation_schedule!r}: expected one of {BETA_SCHEDULES}")
+    raise ValueError(f"loss.variation_schedule = {loss.variation_schedule!r}: expected one of {VARIATION_SCHEDULES}")
 
 
 def use_gamma(hp, step: int | None) -> bool:
@@ -59,25 +58,15 @@ def learning_rate(hp, step: int) -> float:
         if step == 0:
             return 0.0
         return lr * opt.warmup_steps ** 0.5 * min(step ** -0.5, step * opt.warmup_steps ** -1.5)
-    raise ValueError(f"optimizer.learning_rate_scheme = {scheme!r}: expected one of {LR_SCHEMES}")
+    raise ValueError(f"optimizer.learning_rate_scheme = {scheme!r}: expected one of {LEARNING_RATE_SCHEMES}")
 
 
 def _warmup(step: int, warmup_steps: float) -> float:
     return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def validate_lr_schedule(hp) -> None:
-    opt = hp.optimizer
-    if opt.learning_rate_scheme not in LR_SCHEMES:
-        raise ValueError(f"optimizer.learning_rate_scheme = {opt.learning_rate_scheme!r}: "
-                         f"expected one of {LR_SCHEMES}")
-    if opt.learning_rate_scheme == "cosine" and opt.warmup_steps > opt.decay_start:
-        raise ValueError(f"optimizer.warmup_steps = {opt.warmup_steps} must not exceed "
-                         f"optimizer.decay_start = {opt.decay_start} for the cosine schedule")
-
-
 def learning_rate_schedule(hp, optimizer: torch.optim.Optimizer) -> LambdaLR:
-    """LambdaLR following `learning_rate`; call .step() once per applied update."""
-    validate_lr_schedule(hp)
+    """LambdaLR following `learning_rate`; call .step() once per applied update (the scheme's settings
+    are checked when the config loads, hparams/validation.py)."""
     base = hp.optimizer.learning_rate
     return LambdaLR(optimizer, lambda step: learning_rate(hp, step) / base)
