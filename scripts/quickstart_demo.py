@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Per-image files: {(logs / 'synthesis-images').relative_to(REPO_ROOT)}/")
     print(f"Training curves: tensorboard --logdir {logs.relative_to(REPO_ROOT)}")
     if args.figure is not None:
-        samples = [grid for grid in grids if grid.name.startswith("generation-") and f"_T-{FIGURE_TEMPERATURE}." in grid.name]
+        samples = [grid for grid in grids
+                   if grid.name.startswith("generation-") and f"_T-{FIGURE_TEMPERATURE}." in grid.name]
         reconstructions = logs / "synthesis-images" / GRIDS_FOLDER / "reconstruction.png"
         print(f"Figure: {demo_figure([reconstructions, *samples[:1]], args.figure)}")
     return 0
