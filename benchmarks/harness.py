@@ -58,22 +58,25 @@ def random_images(hp: Any, batch: int, channels_last: bool, seed: int = 0) -> np
     return (rng.integers(0, 256, size=shape) / 127.5 - 1.0).astype(np.float32)
 
 
-def time_calls(call: Callable[[int], Any], steps: int, warmup: int) -> tuple[float, list[float]]:
-    """Seconds of the first call (compilation, allocation) and of each timed call.
+def time_calls(call: Callable[[int], Any], steps: int, warmup: int) -> tuple[float, list[float], list[float]]:
+    """Seconds of the first call (compilation, allocation), then wall and CPU seconds of each timed call.
 
-    `call(i)` must block until its work is done.
+    `call(i)` must block until its work is done. CPU seconds (all threads of this
+    process) are what to compare on a shared machine: other processes stretch the
+    wall clock of a step, hardly its CPU time.
     """
     started = time.perf_counter()
     call(0)
     first_s = time.perf_counter() - started
     for i in range(warmup):
         call(1 + i)
-    times = []
+    times, cpu_times = [], []
     for i in range(steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         call(1 + warmup + i)
         times.append(time.perf_counter() - started)
-    return first_s, times
+        cpu_times.append(time.process_time() - cpu_started)
+    return first_s, times, cpu_times
 
 
 def peak_rss_gb() -> float:
@@ -82,9 +85,10 @@ def peak_rss_gb() -> float:
 
 
 def result_line(args: argparse.Namespace, threads: int, device: str, first_s: float, times: list[float],
-                images_per_call: int, peak_memory_gb: float, **extra: Any) -> str:
+                cpu_times: list[float], images_per_call: int, peak_memory_gb: float, **extra: Any) -> str:
     median = statistics.median(times) if times else float("nan")
     mean = statistics.fmean(times) if times else float("nan")
+    median_cpu = statistics.median(cpu_times) if cpu_times else float("nan")
     record = {
         "framework": args.framework,
         "config": Path(args.config).stem,
@@ -94,6 +98,7 @@ def result_line(args: argparse.Namespace, threads: int, device: str, first_s: fl
         "steps": len(times),
         "median_s_per_step": round(median, 5),
         "mean_s_per_step": round(mean, 5),
+        "median_cpu_s_per_step": round(median_cpu, 5),
         "images_per_s": round(images_per_call / median, 3) if times else None,
         "compile_s": round(first_s, 3),
         "peak_rss_gb": round(peak_rss_gb(), 3),

@@ -73,8 +73,8 @@ def main() -> None:
     hp = load_config(args.config, overrides=tuple(args.set))
     build = torch_call if args.framework == "torch" else jax_call
     call, device = build(hp, args.mode, args.batch)
-    first_s, times = time_calls(call, args.steps, args.warmup)
-    print(result_line(args, threads, device, first_s, times, args.batch, 0.0, mode=args.mode), flush=True)
+    first_s, times, cpu_times = time_calls(call, args.steps, args.warmup)
+    print(result_line(args, threads, device, first_s, times, cpu_times, args.batch, 0.0, mode=args.mode), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Random images, one JSON line on stdout:
 
 The first step is reported as `compile_s` (JAX: tracing and XLA compilation; PyTorch: allocation, or
 torch.compile when the config asks for it) and is never among the timed steps. Warm-up is 0 in the LR
-schedule and the skip threshold is huge, so every timed step applies an update.
+schedule and the skip threshold is huge, so every timed step applies an update. `median_cpu_s_per_step` is
+the process's CPU time per step: on a machine shared with other work, compare variants by it.
 """
 from __future__ import annotations
 
@@ -75,8 +76,8 @@ def main() -> None:
     hp = load_config(args.config, overrides=(*SETTINGS_FOR_TIMING, *args.set))
     build = torch_step if args.framework == "torch" else jax_step
     call, device, peak_device_gb = build(hp, args.batch)
-    first_s, times = time_calls(call, args.steps, args.warmup)
-    print(result_line(args, threads, device, first_s, times, args.batch, peak_device_gb()), flush=True)
+    first_s, times, cpu_times = time_calls(call, args.steps, args.warmup)
+    print(result_line(args, threads, device, first_s, times, cpu_times, args.batch, peak_device_gb()), flush=True)
 
 
 if __name__ == "__main__":

@@ -35,15 +35,17 @@ def train_step(hp, model: nn.Module, ema_model: nn.Module, optimizer: torch.opti
     out.loss.backward()
 
     grad_norm = _clip_and_measure_gradients(hp, model)
-    applied = update_is_applied(hp, grad_norm)  # judged on the norm before clipping
+    # The step's only device-to-host copy: the skip decision needs the norm on
+    # the host, and the logged numbers travel with it.
+    stats = _stats(hp, out, logits, grad_norm)
+    applied = update_is_applied(hp, stats["grad_norm"])  # judged on the norm before clipping
     if applied:
         optimizer.step()
         lr_schedule.step()
         update_ema(ema_model, model, hp.train.ema_decay)
     optimizer.zero_grad(set_to_none=True)
 
-    stats = _stats(hp, out, logits)
-    stats.update(grad_norm=grad_norm, skipped=not applied, learning_rate=learning_rate)
+    stats.update(skipped=not applied, learning_rate=learning_rate)
     return stats
 
 
@@ -76,14 +78,12 @@ def _autocast(hp, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _clip_and_measure_gradients(hp, model: nn.Module) -> float:
-    """The global L2 norm of all gradients (before clipping), clipping them if configured."""
+def _clip_and_measure_gradients(hp, model: nn.Module) -> torch.Tensor:
+    """The global L2 norm of all gradients (before clipping, on their device), clipping them if configured."""
     params = [p for p in model.parameters() if p.grad is not None]
     if hp.optimizer.clip_gradient_norm:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=hp.optimizer.gradient_clip_norm_value)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    return norm.item()
+        return torch.nn.utils.clip_grad_norm_(params, max_norm=hp.optimizer.gradient_clip_norm_value, foreach=True)
+    return torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
 
 
 def update_is_applied(hp, grad_norm: float) -> bool:
@@ -93,13 +93,17 @@ def update_is_applied(hp, grad_norm: float) -> bool:
     return math.isfinite(grad_norm) and grad_norm < hp.optimizer.gradient_skip_threshold
 
 
-def _stats(hp, out: LossOutput, logits: torch.Tensor) -> dict:
+def _stats(hp, out: LossOutput, logits: torch.Tensor, grad_norm: torch.Tensor | None = None) -> dict:
     # One device-to-host copy for every number the logger needs, not one per value.
-    scalars = torch.stack([out.loss, out.recon_loss, out.recon_report, out.kl_div, out.nelbo])
-    n_groups = out.kl_per_group.numel()
-    host = torch.cat([scalars.float(), out.kl_per_group.float(), out.avg_kl_per_group.float()]).detach().cpu()
-    loss, recon_loss, recon_report, kl_div, nelbo = host[:5].tolist()
-    avg_kl = host[5 + n_groups:]
+    scalars = [out.loss, out.recon_loss, out.recon_report, out.kl_div, out.nelbo]
+    if grad_norm is not None:
+        scalars.append(grad_norm)
+    n_scalars, n_groups = len(scalars), out.kl_per_group.numel()
+    host = torch.cat([torch.stack([s.float() for s in scalars]), out.kl_per_group.float(),
+                      out.avg_kl_per_group.float()]).detach().cpu()
+    loss, recon_loss, recon_report, kl_div, nelbo, *norm = host[:n_scalars].tolist()
+    avg_kl = host[n_scalars + n_groups:]
+    extra = {"grad_norm": norm[0]} if norm else {}
     return {
         "loss": loss,
         "recon_loss": recon_loss,
@@ -107,8 +111,9 @@ def _stats(hp, out: LossOutput, logits: torch.Tensor) -> dict:
         "kl_div": kl_div,
         "nelbo": nelbo,
         "beta": out.beta,
-        "kl_per_group": host[5:5 + n_groups],
+        "kl_per_group": host[n_scalars:n_scalars + n_groups],
         "avg_kl_per_group": avg_kl,
         "active_groups": count_active_groups(avg_kl, hp.metrics.latent_active_threshold),
         "logits": logits.detach(),
+        **extra,
     }

@@ -5,6 +5,10 @@ the max, bias correction on the first moment only). Decoupled weight decay
 adds `l2_weight * param` to the update after the Adam-family scaling, i.e.
 `param -= lr * l2_weight * param`: torch's Adam and RAdam do exactly this
 with `decoupled_weight_decay=True`; Adamax gets the same rule below.
+
+All three run torch's multi-tensor (`foreach`) path on every device, not only
+on CUDA: a few hundred small parameters make the per-tensor Python loop the
+cost, and the foreach path computes the same values (bitwise for Adamax and Adam).
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ class DecoupledAdamax(torch.optim.Adamax):
     update, since the Adamax update does not depend on the parameter itself.
     """
 
-    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float, decoupled_decay_rate: float = 0.0):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float, decoupled_decay_rate: float = 0.0,
+                 foreach: bool | None = None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0, foreach=foreach)
         for group in self.param_groups:
             group.setdefault("decoupled_decay_rate", decoupled_decay_rate)
 
@@ -55,13 +60,22 @@ def build_optimizer(hp, model: nn.Module) -> torch.optim.Optimizer:
     opt = hp.optimizer
     l2_weight = hp.loss.l2_weight if hp.loss.use_weight_decay else 0.0
     decayed, others = weight_decay_split(model)
-    common = dict(lr=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.epsilon)
+    common = dict(lr=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.epsilon, foreach=True)
     if opt.type == "Adamax":
-        return DecoupledAdamax([{"params": decayed, "decoupled_decay_rate": l2_weight},
-                                {"params": others, "decoupled_decay_rate": 0.0}], **common)
-    groups = [{"params": decayed, "weight_decay": l2_weight}, {"params": others, "weight_decay": 0.0}]
-    if opt.type == "Adam":
-        return torch.optim.Adam(groups, decoupled_weight_decay=True, **common)
-    if opt.type in ("RAdam", "Radam"):
-        return torch.optim.RAdam(groups, decoupled_weight_decay=True, **common)
-    raise ValueError(f"optimizer.type = {opt.type!r}: expected one of {OPTIMIZERS}")
+        optimizer = DecoupledAdamax([{"params": decayed, "decoupled_decay_rate": l2_weight},
+                                     {"params": others, "decoupled_decay_rate": 0.0}], **common)
+    elif opt.type in ("Adam", "RAdam", "Radam"):
+        groups = [{"params": decayed, "weight_decay": l2_weight}, {"params": others, "weight_decay": 0.0}]
+        kind = torch.optim.Adam if opt.type == "Adam" else torch.optim.RAdam
+        optimizer = kind(groups, decoupled_weight_decay=True, **common)
+    else:
+        raise ValueError(f"optimizer.type = {opt.type!r}: expected one of {OPTIMIZERS}")
+    optimizer.register_load_state_dict_post_hook(_keep_foreach)
+    return optimizer
+
+
+def _keep_foreach(optimizer: torch.optim.Optimizer) -> None:
+    # load_state_dict restores every saved group key, also the implementation
+    # choice of older checkpoints (foreach None: the per-tensor loop on the CPU).
+    for group in optimizer.param_groups:
+        group["foreach"] = True

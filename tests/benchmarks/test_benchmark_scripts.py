@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIELDS = {"median_s_per_step", "mean_s_per_step", "images_per_s", "peak_rss_gb", "compile_s", "batch", "steps",
+FIELDS = {"median_s_per_step", "mean_s_per_step", "median_cpu_s_per_step", "images_per_s", "peak_rss_gb", "compile_s", "batch", "steps",
           "threads", "framework", "device"}
 
 
