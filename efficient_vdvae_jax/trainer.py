@@ -16,8 +16,7 @@ global array however it is sharded, so N devices compute the 1-device step.
 """
 from __future__ import annotations
 
-import dataclasses
-import time
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,14 +28,10 @@ from jax.sharding import Mesh
 
 from efficient_vdvae_common.architecture import is_binarized_mnist, num_latent_groups
 from efficient_vdvae_common.data import DataError
-from efficient_vdvae_common.data.errors import CorruptImageError
-from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.noise_streams import SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_STREAM
 from efficient_vdvae_common.output_distribution import OutputDistribution
-from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
-from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
-                                                 format_train_line, is_evaluation_step, non_finite_weights_message,
-                                                 per_group_scalars, train_scalars)
+from efficient_vdvae_common.training_log import TrainingDiverged, non_finite_weights_message
+from efficient_vdvae_common.training_loop import VALIDATION_SCALARS, BatchSummary, TrainingLoop
 from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
 from efficient_vdvae_jax.checkpoints import TrainingCheckpoints, abstract_train_state, checkpoint_dir
 from efficient_vdvae_jax.data import create_iterator
@@ -47,28 +42,13 @@ from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.output_distribution import mol_log_scales, sample_output, split_mol_logits
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from efficient_vdvae_jax.train_step import TrainState, create_train_state, init_params, make_train_step
-from hparams import ConfigError
-from hparams.saved_run import logs_dir
 
-IMAGES_PER_GRID = 8
-# Per-image validation values, in this order (report units; SSIM in [0, 1]).
-VALIDATION_SCALARS = ("recon_report", "kl_div", "nelbo", "ssim")
 SSIM_WINDOW = 11
 
 
 def step_key(seed: int, stream: int, counter: int) -> jax.Array:
     """The PRNG key of batch `counter` of `stream`: reproducible without any saved RNG state."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), counter)
-
-
-def check_batch_sizes(hp: Any, num_devices: int) -> None:
-    """Global batches must split evenly over the devices (SPEC section 6)."""
-    for key in ("train.batch_size", "val.batch_size"):
-        section, name = key.split(".")
-        value = getattr(getattr(hp, section), name)
-        if value % num_devices:
-            raise ConfigError(f"{key} = {value} is not divisible by the {num_devices} devices; "
-                              "the global batch is split evenly over them")
 
 
 def host_stats(hp: Any, stats: dict) -> dict:
@@ -149,24 +129,18 @@ def validate(hp: Any, validation_step: Callable, params: Any, mesh: Mesh
     return scalars, means[len(VALIDATION_SCALARS):], first_batch
 
 
-def log_batch_summaries(hp: Any, writer: TensorBoardWriter, step: int, x: np.ndarray, outputs: dict,
-                        params: Any | None = None) -> None:
-    """Histograms (targets, outputs, output means and log-scales, weights) and image grids."""
-    binarized = is_binarized_mnist(hp)
+def batch_summary(hp: Any, x: np.ndarray, outputs: dict, params: Any | None = None) -> BatchSummary:
+    """What TensorBoard shows of batch `x` (with the weights `params`, when given)."""
+    summary = BatchSummary(x, outputs["samples"])
     dist = OutputDistribution.from_hparams(hp)
-    samples = outputs["samples"]
-    writer.add_histogram("Distributions/target", x, step, bins=20)
-    writer.add_histogram("Distributions/output", samples, step, bins=20)
-    if not binarized:
+    if not dist.bernoulli:
         _, means, raw_scales, _ = split_mol_logits(jnp.asarray(outputs["logits"]), dist)
-        writer.add_histogram("OutputLayer/means", np.asarray(means), step)
-        writer.add_histogram("OutputLayer/log_scales", np.asarray(mol_log_scales(raw_scales, dist)[1]), step)
+        summary.output_means = np.asarray(means)
+        summary.output_log_scales = np.asarray(mol_log_scales(raw_scales, dist)[1])
     if params is not None:
-        for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
-            writer.add_histogram("Weights/" + ".".join(path), np.asarray(value, np.float32), step)
-    writer.add_image("Images/targets", make_grid(model_space_to_uint8(x[:IMAGES_PER_GRID], binarized)), step)
-    writer.add_image("Images/reconstructions",
-                     make_grid(model_space_to_uint8(samples[:IMAGES_PER_GRID], binarized)), step)
+        summary.weights = {".".join(path): np.asarray(value, np.float32)
+                           for path, value in traverse_util.flatten_dict(jax.device_get(params)).items()}
+    return summary
 
 
 @jax.jit
@@ -202,20 +176,18 @@ def check_same_start(values: list[int], what: str, directory: Path) -> None:
             "start train.py on every host from one directory of a shared filesystem")
 
 
-class Trainer:
+class Trainer(TrainingLoop):
     """One training run over all devices of all processes; checkpoints and TensorBoard under `root`."""
 
     def __init__(self, hp: Any, root: str | Path = ".", devices: int | None = None):
-        self.hp = hp
         self.mesh = global_mesh(devices)
+        super().__init__(hp, is_main_process(), root, self.mesh.size, "devices")
         self.local_devices = local_device_range(self.mesh)  # this process's slices of each global batch
-        self.is_main = is_main_process()
-        check_batch_sizes(hp, self.mesh.size)
         self.model = UniversalAutoEncoder(hp)
-        self.logs = logs_dir(hp.run.name, root)
-        check_run_folder(self.logs, hp.run.name)
+        self.num_groups = num_latent_groups(hp)
         self.checkpoints = TrainingCheckpoints(checkpoint_dir(hp.run.name, root), hp.run.max_allowed_checkpoints,
                                                optimizer_type=hp.optimizer.type)
+        self.checkpoint_place = f"checkpoints in {self.checkpoints.directory}"
         first_epoch = create_iterator(hp, "train", num_devices=self.mesh.size, prefetch=1)
         first_epoch.close()
         if len(first_epoch) == 0:
@@ -227,12 +199,9 @@ class Trainer:
             raise CheckpointError(f"checkpoint {self.checkpoints.directory}/{self.checkpoints.latest()} holds {bad} "
                                   "that are not finite (NaN or inf): no update can be applied to them; resume "
                                   "from an earlier step (delete the newest step folder) or start a new run.name")
-        self.skip_limit = SkipLimit(hp)
         self.train_step = make_train_step(hp, self.model)
         self.validation_step = make_validation_step(hp, self.model)
-        self.writers = ({mode: TensorBoardWriter(self.logs / mode) for mode in ("train", "val")}
-                        if self.is_main else {})
-        self.stop = StopFlag()
+        self.open_writers()
 
     def _initial_state(self) -> tuple[TrainState, TrainingProgress]:
         """The latest checkpoint's state (EMA weights as params with train.resume_from_ema), or a fresh one."""
@@ -246,108 +215,47 @@ class Trainer:
         state, progress = self.checkpoints.restore(abstract_train_state(hp, self.model, replicated),
                                                    move_unreadable_aside=jax.process_index() == 0)
         # A damaged step seen by one host alone makes it fall back further than the others.
-        check_same_start([progress.global_step, progress.gradient_skip_count, progress.data_epoch,
-                          progress.data_batch], "restored step", self.checkpoints.directory)
+        check_same_start(progress.as_ints(), "restored step", self.checkpoints.directory)
         if hp.train.resume_from_ema:
             state = state.replace(params=jax.tree.map(jnp.copy, state.ema_params))
         return state, progress
 
-    def run(self) -> TrainingProgress:
-        """Train until total_train_steps or a stop signal; always leaves a checkpoint of the last step."""
-        hp = self.hp
-        self.stop.install()
-        if self.progress.global_step and self.is_main:
-            print(f"resuming run '{hp.run.name}' at step {self.progress.global_step} "
-                  f"(epoch {self.progress.data_epoch}, batch {self.progress.data_batch}, "
-                  f"{self.progress.gradient_skip_count} skipped updates)", flush=True)
-        stopped = False
-        try:
-            while self.progress.global_step < hp.train.total_train_steps and not stopped:
-                stopped = self._run_epoch()
-            if self.progress != self.saved_progress:
-                self.save_checkpoint()
-        finally:
-            self.stop.uninstall()
-            close_writers(self.writers.values())  # quiet when the run is already failing
-            self.checkpoints.close()
-        reason = "stopped by signal" if stopped else "finished"
-        if self.is_main:
-            print(f"{reason} at step {self.progress.global_step}; checkpoints in {self.checkpoints.directory}",
-                  flush=True)
-        return self.progress
+    def epoch_batches(self) -> contextlib.closing:
+        return contextlib.closing(create_iterator(self.hp, "train", num_devices=self.mesh.size,
+                                                  epoch=self.progress.data_epoch,
+                                                  start_batch=self.progress.data_batch, devices=self.local_devices))
 
-    def _run_epoch(self) -> bool:
-        """Train from the current data position to the end of its epoch; True when asked to stop."""
-        hp = self.hp
-        batches = create_iterator(hp, "train", num_devices=self.mesh.size, epoch=self.progress.data_epoch,
-                                  start_batch=self.progress.data_batch, devices=self.local_devices)
-        try:
-            for batch in batches:
-                progress = self.progress
-                x = shard_batch(self.mesh, batch)
-                started = time.perf_counter()
-                self.state, stats = self.train_step(
-                    self.state, step_key(hp.run.seed, TRAIN_STREAM, progress.consumed_batches), x)
-                stats = host_stats(hp, stats)  # waits for the step: its time and the skip decision
-                seconds = time.perf_counter() - started
-                skipped = bool(stats["skipped"])
-                self.progress = progress = dataclasses.replace(
-                    progress, data_batch=progress.data_batch + 1,
-                    global_step=progress.global_step + (0 if skipped else 1),
-                    gradient_skip_count=progress.gradient_skip_count + (1 if skipped else 0))
+    def prepare_batch(self, batch: np.ndarray) -> jax.Array:
+        return shard_batch(self.mesh, batch)
 
-                if progress.consumed_batches % hp.train.logging_interval_in_steps == 0 and self.is_main:
-                    print(format_train_line(progress, hp.train.total_train_steps, seconds, stats,
-                                            num_latent_groups(hp)), flush=True)
-                    self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
-                    self.writers["train"].flush()
-                self.skip_limit.record(skipped, progress, float(stats["grad_norm"]))
-                if not skipped and is_evaluation_step(progress.global_step,
-                                                      hp.train.checkpoint_and_eval_interval_in_steps,
-                                                      hp.train.total_train_steps):
-                    try:
-                        self.evaluate_and_log(batch)
-                    except CorruptImageError:  # a bad file in val_data: keep the steps trained, then stop
-                        if jax.process_count() == 1:  # processes save together; the others are in validation
-                            self.save_checkpoint()
-                        raise
-                    self.save_checkpoint()
-                # A signal to any process stops all of them after this same step.
-                stop = any_rank(self.stop.requested)
-                if stop or progress.global_step >= hp.train.total_train_steps:
-                    return stop
-        finally:
-            batches.close()
-        self.progress = dataclasses.replace(self.progress, data_epoch=self.progress.data_epoch + 1, data_batch=0)
-        return False
+    def train_on(self, x: jax.Array) -> dict:
+        self.state, stats = self.train_step(
+            self.state, step_key(self.hp.run.seed, TRAIN_STREAM, self.progress.consumed_batches), x)
+        return host_stats(self.hp, stats)  # waits for the step: its time and the skip decision
 
-    def evaluate_and_log(self, train_batch: np.ndarray) -> None:
+    def stop_requested_anywhere(self) -> bool:
+        return any_rank(self.stop.requested)
+
+    def evaluate_and_log(self, batch: np.ndarray, x: jax.Array, stats: dict) -> None:
         """Validation means; summaries of the last train batch (reconstructed with the updated
         weights: the jitted train step returns no logits) and of the first validation batch."""
         hp, step, params = self.hp, self.progress.global_step, self.state.params
         val_scalars, val_avg_kl, (val_x, val_outputs) = validate(hp, self.validation_step, params, self.mesh)
         sums, train_outputs = self.validation_step(
-            params, step_key(hp.run.seed, SUMMARY_STREAM, step), shard_batch(self.mesh, train_batch),
-            shard_batch(self.mesh, np.ones(train_batch.shape[:2], bool)))
+            params, step_key(hp.run.seed, SUMMARY_STREAM, step), x,
+            shard_batch(self.mesh, np.ones(batch.shape[:2], bool)))
         # Collectives: every process takes part, process 0 alone logs.
         sums, train_outputs = np.asarray(sums), to_host(train_outputs)
-        train_x = gather_local(train_batch.reshape((-1,) + train_batch.shape[2:]))
+        train_x = gather_local(batch.reshape((-1,) + batch.shape[2:]))
         if not self.is_main:
             return
-        train_ssim = float(sums[3] / sums[-1])
-        print(f"step {step} | train nelbo {float(sums[2] / sums[-1]):.4f} ssim {train_ssim:.4f}"
-              f" | val recon {val_scalars['recon_report']:.4f} kl {val_scalars['kl_div']:.4f}"
-              f" nelbo {val_scalars['nelbo']:.4f} ssim {val_scalars['ssim']:.4f}", flush=True)
-        train_writer, val_writer = self.writers["train"], self.writers["val"]
-        train_writer.add_scalar("Metrics/ssim", train_ssim, step)
-        log_batch_summaries(hp, train_writer, step, train_x, train_outputs, params=params)
-        val_writer.add_scalars({"Losses/reconstruction": val_scalars["recon_report"],
-                                "Losses/kl_div": val_scalars["kl_div"], "Losses/nelbo": val_scalars["nelbo"],
-                                "Metrics/ssim": val_scalars["ssim"]}, step)
-        val_writer.add_scalars(per_group_scalars(val_avg_kl), step)
-        log_batch_summaries(hp, val_writer, step, val_x, val_outputs)
-        train_writer.flush()
-        val_writer.flush()
+        self.log_evaluation(float(sums[2] / sums[-1]), float(sums[3] / sums[-1]),
+                            batch_summary(hp, train_x, train_outputs, params=params),
+                            val_scalars, val_avg_kl, batch_summary(hp, val_x, val_outputs), is_binarized_mnist(hp))
+
+    def save_after_failed_validation(self) -> None:
+        if jax.process_count() == 1:  # processes save together; the others are in validation
+            self.save_checkpoint()
 
     def save_checkpoint(self) -> None:
         """Never writes non-finite weights."""
@@ -355,3 +263,6 @@ class Trainer:
             raise TrainingDiverged(non_finite_weights_message(bad.capitalize(), self.progress.global_step))
         self.checkpoints.save(self.state, self.progress)
         self.saved_progress = self.progress
+
+    def close(self) -> None:
+        self.checkpoints.close()

@@ -6,12 +6,11 @@ signal arrives, on one process or as one rank of a data-parallel group.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import random
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from efficient_vdvae_common.architecture import is_binarized_mnist
 from efficient_vdvae_common.data import DataError
-from efficient_vdvae_common.data.errors import CorruptImageError
-from efficient_vdvae_common.images import make_grid, model_space_to_uint8
 from efficient_vdvae_common.noise_streams import (SUMMARY_STREAM, TRAIN_STREAM, VALIDATION_OUTPUT_STREAM,
                                                   VALIDATION_STREAM)
 from efficient_vdvae_common.output_distribution import OutputDistribution
-from efficient_vdvae_common.tensorboard import TensorBoardWriter, close_writers
-from efficient_vdvae_common.training_log import (SkipLimit, StopFlag, TrainingDiverged, check_run_folder,
-                                                 format_train_line, ignore_stop_signals_in_worker,
-                                                 is_evaluation_step, non_finite_weights_message, per_group_scalars,
-                                                 train_scalars)
+from efficient_vdvae_common.training_log import (TrainingDiverged, ignore_stop_signals_in_worker,
+                                                 non_finite_weights_message)
+from efficient_vdvae_common.training_loop import VALIDATION_SCALARS, BatchSummary, TrainingLoop
 from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
 from efficient_vdvae_torch.checkpoints import (checkpoint_path, load_checkpoint, remove_stale_temp_files,
                                                restore_training_state, save_checkpoint, training_state)
@@ -44,12 +39,6 @@ from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 from efficient_vdvae_torch.model.ssim import ssim_metric
 from efficient_vdvae_torch.train_step import eval_step, train_step
 from efficient_vdvae_torch.training_noise import SeededLatentNoise
-from hparams import ConfigError
-from hparams.saved_run import logs_dir
-
-IMAGES_PER_GRID = 8
-# Validation means aggregated over ranks, in this order (report units; SSIM in [0, 1]).
-VALIDATION_SCALARS = ("recon_report", "kl_div", "nelbo", "ssim")
 
 
 def seed_everything(seed: int) -> None:
@@ -66,12 +55,13 @@ class TrainingSetup:
     step_model: nn.Module  # what train_step calls: DDP and/or torch.compile around `model`
     optimizer: torch.optim.Optimizer
     lr_schedule: torch.optim.lr_scheduler.LRScheduler
-    progress: TrainingProgress
     noise: SeededLatentNoise
 
 
-def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> TrainingSetup:
-    """Model, EMA, optimiser and LR schedule, restored from `checkpoint_file` when it exists."""
+def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path
+                   ) -> tuple[TrainingSetup, TrainingProgress]:
+    """Model, EMA, optimiser and LR schedule, restored from `checkpoint_file` when it exists, and the
+    progress to continue from."""
     seed_everything(hp.run.seed)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv algorithms once
@@ -100,7 +90,7 @@ def build_training(hp: Any, ctx: DistributedContext, checkpoint_file: Path) -> T
                                              else None)
     if hp.run.compile:
         step_model = torch.compile(step_model)
-    return TrainingSetup(model, ema_model, step_model, optimizer, lr_schedule, progress, noise)
+    return TrainingSetup(model, ema_model, step_model, optimizer, lr_schedule, noise), progress
 
 
 def check_same_start(progress: TrainingProgress, ctx: DistributedContext, checkpoint_file: Path) -> None:
@@ -111,8 +101,7 @@ def check_same_start(progress: TrainingProgress, ctx: DistributedContext, checkp
     """
     if ctx.world_size == 1:
         return
-    per_rank = gather_ints([progress.global_step, progress.gradient_skip_count, progress.data_epoch,
-                            progress.data_batch], ctx.device)
+    per_rank = gather_ints(progress.as_ints(), ctx.device)
     differing = [rank for rank, values in enumerate(per_rank) if values != per_rank[0]]
     if differing:
         rank = differing[0]
@@ -179,69 +168,25 @@ def validate(hp: Any, model: nn.Module, loader: torch.utils.data.DataLoader, ctx
 
 
 def _channels_last_numpy(images: torch.Tensor) -> np.ndarray:
-    return images[:IMAGES_PER_GRID].detach().float().permute(0, 2, 3, 1).cpu().numpy()
+    return images.detach().float().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def log_batch_summaries(hp: Any, writer: TensorBoardWriter, step: int, x: torch.Tensor, stats: dict,
-                        samples: torch.Tensor, model: nn.Module | None = None) -> None:
-    """Histograms (targets, outputs, output means and log-scales, weights) and image grids."""
-    binarized = is_binarized_mnist(hp)
-    writer.add_histogram("Distributions/target", x.float().cpu().numpy(), step, bins=20)
-    writer.add_histogram("Distributions/output", samples.float().cpu().numpy(), step, bins=20)
+def batch_summary(hp: Any, x: torch.Tensor, stats: dict, samples: torch.Tensor,
+                  model: nn.Module | None = None) -> BatchSummary:
+    """What TensorBoard shows of batch `x` (with the weights of `model`, when given)."""
+    summary = BatchSummary(_channels_last_numpy(x), _channels_last_numpy(samples))
     dist = OutputDistribution.from_hparams(hp)
     if not dist.bernoulli:
         _, means, raw_scales, _ = split_mol_logits(stats["logits"].float(), dist)
-        writer.add_histogram("OutputLayer/means", means.cpu().numpy(), step)
-        writer.add_histogram("OutputLayer/log_scales", mol_log_scales(raw_scales, dist)[1].cpu().numpy(), step)
+        summary.output_means = means.cpu().numpy()
+        summary.output_log_scales = mol_log_scales(raw_scales, dist)[1].cpu().numpy()
     if model is not None:
-        for name, parameter in model.named_parameters():
-            writer.add_histogram(f"Weights/{name}", parameter.detach().float().cpu().numpy(), step)
-    writer.add_image("Images/targets", make_grid(model_space_to_uint8(_channels_last_numpy(x), binarized)), step)
-    writer.add_image("Images/reconstructions",
-                     make_grid(model_space_to_uint8(_channels_last_numpy(samples), binarized)), step)
+        summary.weights = {name: parameter.detach().float().cpu().numpy()
+                           for name, parameter in model.named_parameters()}
+    return summary
 
 
-class ProgressView:
-    """A tqdm bar on a terminal, plain lines otherwise (logs, pipes); silent on ranks > 0."""
-
-    def __init__(self, enabled: bool, total: int, initial: int):
-        self.enabled = enabled
-        self.bar = None
-        if enabled and sys.stdout.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-    def advance(self, steps: int) -> None:
-        if self.bar is not None and steps:
-            self.bar.update(steps)
-
-    def line(self, text: str, summary: bool = False) -> None:
-        """A log line: the bar's postfix for per-step lines, a printed line for the rest."""
-        if not self.enabled:
-            return
-        if self.bar is None:
-            print(text, flush=True)
-        elif summary:
-            self.bar.write(text)
-        else:
-            self.bar.set_postfix_str(text.split(" | ", 1)[1])
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def check_batch_sizes(hp: Any, world_size: int) -> None:
-    """Global batches must split evenly over the processes (SPEC section 6)."""
-    for key in ("train.batch_size", "val.batch_size"):
-        section, name = key.split(".")
-        value = getattr(getattr(hp, section), name)
-        if value % world_size:
-            raise ConfigError(f"{key} = {value} is not divisible by the {world_size} training processes "
-                              "(NUM_GPUS_PER_NODE x nodes); the global batch is split evenly over them")
-
-
-class Trainer:
+class Trainer(TrainingLoop):
     """One training run (all its ranks run one Trainer each).
 
     Every rank holds the full model, its EMA copy and the optimiser state;
@@ -250,21 +195,19 @@ class Trainer:
     """
 
     def __init__(self, hp: Any, ctx: DistributedContext, root: str | Path = "."):
-        check_batch_sizes(hp, ctx.world_size)
-        self.hp = hp
+        super().__init__(hp, ctx.is_main, root, ctx.world_size, "training processes (NUM_GPUS_PER_NODE x nodes)")
         self.ctx = ctx
         self.checkpoint_file = checkpoint_path(hp.run.name, root)
-        self.logs = logs_dir(hp.run.name, root)
-        check_run_folder(self.logs, hp.run.name)
+        self.checkpoint_place = f"checkpoint {self.checkpoint_file}"
         if ctx.is_main:
             remove_stale_temp_files(self.checkpoint_file)
-        self.setup = build_training(hp, ctx, self.checkpoint_file)
-        check_same_start(self.setup.progress, ctx, self.checkpoint_file)
+        self.setup, self.progress = build_training(hp, ctx, self.checkpoint_file)
+        self.num_groups = int(self.setup.model.num_groups)
+        check_same_start(self.progress, ctx, self.checkpoint_file)
         if self.checkpoint_file.exists() and (bad := non_finite_weights(self.setup)):
             raise CheckpointError(f"checkpoint {self.checkpoint_file} holds {bad} that are not finite (NaN or "
                                   "inf): no update can be applied to them; resume from an earlier checkpoint "
                                   f"({self.checkpoint_file.name}.history/) or start a new run.name")
-        self.skip_limit = SkipLimit(hp)
         self.train_loader = create_dataloader(hp, "train", rank=ctx.rank, world_size=ctx.world_size)
         if len(self.train_loader) == 0:
             raise DataError(f"the train split ({hp.data.train_data_path}) has fewer images than one global "
@@ -272,114 +215,46 @@ class Trainer:
         self.val_loader = create_dataloader(hp, "val", rank=ctx.rank, world_size=ctx.world_size)
         for loader in (self.train_loader, self.val_loader):  # stop signals are the main process's
             loader.worker_init_fn = functools.partial(ignore_stop_signals_in_worker, loader.worker_init_fn)
-        self.writers = None
-        if ctx.is_main:
-            self.writers = {mode: TensorBoardWriter(self.logs / mode) for mode in ("train", "val")}
-        self.stop = StopFlag()
-        # What the checkpoint file holds now (None: no file yet).
-        self.saved_progress = self.setup.progress if self.checkpoint_file.exists() else None
+        self.open_writers()
+        self.saved_progress = self.progress if self.checkpoint_file.exists() else None
 
-    @property
-    def progress(self) -> TrainingProgress:
-        return self.setup.progress
-
-    def run(self) -> TrainingProgress:
-        """Train until total_train_steps or a stop signal; always leaves a checkpoint of the last step."""
-        hp = self.hp
-        total = hp.train.total_train_steps
-        self.stop.install()
-        view = ProgressView(self.ctx.is_main, total, self.progress.global_step)
-        if self.ctx.is_main and self.progress.global_step:
-            view.line(f"resuming run '{hp.run.name}' at step {self.progress.global_step} "
-                      f"(epoch {self.progress.data_epoch}, batch {self.progress.data_batch}, "
-                      f"{self.progress.gradient_skip_count} skipped updates)", summary=True)
-        stopped = False
-        try:
-            while self.progress.global_step < total and not stopped:
-                stopped = self._run_epoch(view)
-            if self.progress != self.saved_progress:
-                self.save_checkpoint()
-        finally:
-            self.stop.uninstall()
-            view.close()
-            if self.writers:
-                close_writers(self.writers.values())  # quiet when the run is already failing
-        if self.ctx.is_main:
-            reason = "stopped by signal" if stopped else "finished"
-            print(f"{reason} at step {self.progress.global_step}; checkpoint {self.checkpoint_file}", flush=True)
-        return self.progress
-
-    def _run_epoch(self, view: ProgressView) -> bool:
-        """Train from the current data position to the end of its epoch; True when asked to stop."""
-        hp, setup, ctx = self.hp, self.setup, self.ctx
+    def epoch_batches(self) -> contextlib.nullcontext:
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.progress.data_epoch)
         sampler.set_start_batch(self.progress.data_batch)
-        for x in self.train_loader:
-            x = x.to(ctx.device, non_blocking=True)
-            if hp.run.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            progress = self.progress
-            started = time.perf_counter()
-            noise = setup.noise.draw(TRAIN_STREAM, progress.global_step + progress.gradient_skip_count,
-                                     x.shape[0] * ctx.world_size, x.shape[0])
-            stats = train_step(hp, setup.step_model, setup.ema_model, setup.optimizer, setup.lr_schedule, x,
-                               progress.global_step, noise)
-            seconds = time.perf_counter() - started
-            self.setup.progress = progress = dataclasses.replace(
-                progress, data_batch=progress.data_batch + 1,
-                global_step=progress.global_step + (0 if stats["skipped"] else 1),
-                gradient_skip_count=progress.gradient_skip_count + (1 if stats["skipped"] else 0))
-            view.advance(0 if stats["skipped"] else 1)
+        return contextlib.nullcontext(self.train_loader)
 
-            consumed = progress.global_step + progress.gradient_skip_count
-            if consumed % hp.train.logging_interval_in_steps == 0:
-                view.line(format_train_line(progress, hp.train.total_train_steps, seconds, stats,
-                                            setup.model.num_groups))
-                if self.writers:
-                    self.writers["train"].add_scalars(train_scalars(progress, seconds, stats), progress.global_step)
-                    self.writers["train"].flush()
-            self.skip_limit.record(stats["skipped"], progress, stats["grad_norm"])
-            if not stats["skipped"] and is_evaluation_step(progress.global_step,
-                                                          hp.train.checkpoint_and_eval_interval_in_steps,
-                                                          hp.train.total_train_steps):
-                try:
-                    self.evaluate_and_log(x, stats, view)
-                except CorruptImageError:  # a bad file in val_data: keep the steps trained, then stop
-                    self.save_checkpoint(this_rank_alone=True)
-                    raise
-                self.save_checkpoint()
-            stop_now = any_rank(self.stop.requested, ctx.device) if ctx.world_size > 1 else self.stop.requested
-            if stop_now or progress.global_step >= hp.train.total_train_steps:
-                return stop_now
-        self.setup.progress = dataclasses.replace(self.progress, data_epoch=self.progress.data_epoch + 1,
-                                                  data_batch=0)
-        return False
+    def prepare_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.ctx.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.hp.run.channels_last else x
 
-    def evaluate_and_log(self, train_x: torch.Tensor, train_stats: dict, view: ProgressView) -> None:
+    def train_on(self, x: torch.Tensor) -> dict:
+        setup, world_size = self.setup, self.ctx.world_size
+        noise = setup.noise.draw(TRAIN_STREAM, self.progress.consumed_batches, x.shape[0] * world_size, x.shape[0])
+        return train_step(self.hp, setup.step_model, setup.ema_model, setup.optimizer, setup.lr_schedule, x,
+                          self.progress.global_step, noise)
+
+    def stop_requested_anywhere(self) -> bool:
+        return any_rank(self.stop.requested, self.ctx.device) if self.ctx.world_size > 1 else self.stop.requested
+
+    def evaluate_and_log(self, batch: torch.Tensor, x: torch.Tensor, stats: dict) -> None:
         """Validation on every rank; summaries of the last train batch and the first val batch on rank 0."""
         hp, setup, step = self.hp, self.setup, self.progress.global_step
         val_scalars, val_avg_kl, first_val = validate(hp, setup.model, self.val_loader, self.ctx, setup.noise)
-        if not self.ctx.is_main:
+        if not self.is_main:
             return
-        train_samples = setup.model.sample_output(train_stats["logits"],
+        train_samples = setup.model.sample_output(stats["logits"],
                                                   generator=setup.noise.output_generator(SUMMARY_STREAM, step))
-        train_ssim = batch_ssim(hp, train_x, train_samples)
-        view.line(f"step {step} | train nelbo {train_stats['nelbo']:.4f} ssim {train_ssim:.4f}"
-                  f" | val recon {val_scalars['recon_report']:.4f} kl {val_scalars['kl_div']:.4f}"
-                  f" nelbo {val_scalars['nelbo']:.4f} ssim {val_scalars['ssim']:.4f}", summary=True)
-        train_writer, val_writer = self.writers["train"], self.writers["val"]
-        train_writer.add_scalar("Metrics/ssim", train_ssim, step)
-        log_batch_summaries(hp, train_writer, step, train_x, train_stats, train_samples, model=setup.model)
-        val_writer.add_scalars({"Losses/reconstruction": val_scalars["recon_report"],
-                                "Losses/kl_div": val_scalars["kl_div"], "Losses/nelbo": val_scalars["nelbo"],
-                                "Metrics/ssim": val_scalars["ssim"]}, step)
-        val_writer.add_scalars(per_group_scalars(val_avg_kl), step)
+        val_summary = None
         if first_val is not None:
             val_x, val_stats = first_val
-            log_batch_summaries(hp, val_writer, step, val_x, val_stats, val_stats["samples"])
-        train_writer.flush()
-        val_writer.flush()
+            val_summary = batch_summary(hp, val_x, val_stats, val_stats["samples"])
+        self.log_evaluation(stats["nelbo"], batch_ssim(hp, x, train_samples),
+                            batch_summary(hp, x, stats, train_samples, model=setup.model),
+                            val_scalars, val_avg_kl, val_summary, is_binarized_mnist(hp))
+
+    def save_after_failed_validation(self) -> None:
+        self.save_checkpoint(this_rank_alone=True)
 
     def save_checkpoint(self, this_rank_alone: bool = False) -> None:
         """Rank 0 writes; every rank waits, so no rank runs ahead of a checkpoint being written.
