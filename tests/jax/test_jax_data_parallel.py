@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     state = create_train_state(hp, params)
     batch = np.random.default_rng(0).uniform(-1, 1, size=(2, 2, 8, 8, 3)).astype(np.float32)  # 2 devices x 2
     rng = jax.random.PRNGKey(1)
-    train_step = make_train_step(hp)
+    train_step = make_train_step(hp, donate_state=False)  # `state` is stepped twice
 
     one_device, one_stats = train_step(state, rng, jax.device_put(batch.reshape(4, 8, 8, 3), jax.devices()[0]))
     mesh = global_mesh(2)

@@ -28,7 +28,7 @@ def initial_state(hp):
 
 @pytest.fixture(scope="module")
 def train_step(hp):
-    return make_train_step(hp)
+    return make_train_step(hp, donate_state=False)  # the tests compare states before and after a step
 
 
 @pytest.fixture(scope="module")

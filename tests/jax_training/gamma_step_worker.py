@@ -48,7 +48,7 @@ def main(out: str, step: int, overrides: list[str]) -> None:
         return compute_loss(hp, x, logits, posterior, prior, step).loss
 
     gradient = jax.jit(jax.grad(loss))
-    train_step = make_train_step(hp, model)
+    train_step = make_train_step(hp, model, donate_state=False)  # `state` is stepped on each mesh
     results = {}
     for devices in (1, jax.device_count()):
         mesh = global_mesh(devices)
