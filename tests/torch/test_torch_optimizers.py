@@ -182,3 +182,26 @@ def test_eval_step_uses_beta_one(training_setup):
     assert stats["beta"] == 1.0
     assert stats["nelbo"] == pytest.approx(stats["recon_report"] + stats["kl_div"], rel=1e-6)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["Adamax", "Adam", "RAdam"])
+def test_foreach_path_equals_the_per_tensor_loop_and_survives_loading(make_config, kind):
+    hp = constant_lr_config(make_config, f"optimizer.type='{kind}'")
+    models = [TwoConvs(), TwoConvs()]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [build_optimizer(hp, model) for model in models]
+    for group in optimizers[1].param_groups:
+        group["foreach"] = False
+    for step in range(3):
+        for model, optimizer in zip(models, optimizers):
+            for i, p in enumerate(model.parameters()):
+                p.grad = torch.full_like(p, (-1.0) ** i * (step + 1) * 0.3)
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    # An older checkpoint saved the per-tensor choice (foreach None): loading keeps the foreach path.
+    saved = optimizers[1].state_dict()
+    for group in saved["param_groups"]:
+        group["foreach"] = None
+    optimizers[0].load_state_dict(saved)
+    assert all(group["foreach"] is True for group in optimizers[0].param_groups)
