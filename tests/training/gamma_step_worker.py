@@ -37,7 +37,7 @@ def main(out: str, step: int, overrides: list[str]) -> None:
     torch.set_num_threads(1)
     hp = load_config(CONFIG, overrides=overrides)
     ctx = init_distributed()
-    setup = build_training(hp, ctx, Path(out).with_suffix(".no_checkpoint"))
+    setup, _ = build_training(hp, ctx, Path(out).with_suffix(".no_checkpoint"))
     first, count = rank_rows(hp.train.batch_size, ctx.rank, ctx.world_size)
     x = global_batch(hp)[first:first + count]
 
