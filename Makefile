@@ -14,11 +14,16 @@ $(STAMP): build/requirements.txt pyproject.toml
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Test workers (pytest-xdist), one per core of the 2-core CI machine; each test file runs whole on one
+# worker, so its module fixtures are built once. `make test TEST_WORKERS=0` runs in this process.
+TEST_WORKERS ?= 2
+
 # The default suite: fast tests only (minutes on 2 CPU cores).
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-# End-to-end tests (multi-process training, full pipelines).
+# End-to-end tests (multi-process training, full pipelines), one at a time: several time a lost or
+# stopped process, which a second worker on the same cores would make flaky.
 test-slow: install
 	$(PY) -m pytest -m slow
 

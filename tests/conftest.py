@@ -14,11 +14,18 @@ try:
 except ImportError:  # a JAX-only environment
     pass
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 # Tests run on the CPU, whatever the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Most JAX tests, in this process and in the train.py/synthesize.py processes they start (which inherit
+# the environment), compile the same few small models; compiling is most of their time on a CPU. JAX's
+# persistent cache (keyed by the program, the compile options and the jax version) lets each compile
+# once per machine. A maximum size also turns on the cache's file lock: test workers share it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".pytest_cache" / "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 1024 ** 3))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE_DIR = FIXTURES / "original_torch_small"
 REFERENCE_CONFIG = REFERENCE_DIR / "config.cfg"
