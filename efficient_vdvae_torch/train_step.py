@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
-
-from typing import Sequence
 
 from efficient_vdvae_common.objective import LossOutput
 from efficient_vdvae_torch.model import compute_loss
