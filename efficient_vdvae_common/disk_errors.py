@@ -146,19 +146,40 @@ def _drop_closed_loop_reports(previous_hook):
     return hook
 
 
+# A failed orbax save returns while the other writes of its `asyncio.gather` still run; when one of them
+# fails in turn, asyncio logs "Task exception was never retrieved" from the task's finaliser, at whatever
+# moment the garbage collector runs it. Formatting that traceback inside another parse can crash
+# CPython 3.11 < 3.11.8 ("SystemError: AST constructor recursion depth mismatch"), so these reports are
+# dropped before any handler formats them.
+_ORPHANED_TASK_MESSAGES = ("Task exception was never retrieved", "Task was destroyed but it is pending!")
+
+
+class _DropOrphanedWriteReports(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(_ORPHANED_TASK_MESSAGES):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        return error is not None and not isinstance(error, OSError) and disk_errno(error) is None
+
+
 @contextmanager
 def quiet_disk_error_logs(logger_name: str) -> Iterator[None]:
     """Keep a failed background write to one line: drop the records of logger `logger_name` that report a
-    disk error during the block (orbax, through absl, logs the traceback before raising it), and the
-    reports of writes refused by a closed event loop. When the block raises, the latter stay dropped for
-    the rest of the process, which is ending with that error while the writes in flight finish."""
+    disk error during the block (orbax, through absl, logs the traceback before raising it), the reports
+    of writes refused by a closed event loop, and asyncio's reports of the failed save's other writes,
+    which end after it. When the block raises, the latter two stay dropped for the rest of the process,
+    which is ending with that error while the writes in flight finish."""
     logger = logging.getLogger(logger_name)
     record_filter = _DropDiskErrorRecords()
     logger.addFilter(record_filter)
+    orphan_filter = _DropOrphanedWriteReports()
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addFilter(orphan_filter)
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _drop_closed_loop_reports(previous_hook)
     try:
         yield
     finally:
         logger.removeFilter(record_filter)
-    sys.unraisablehook = previous_hook  # reached only when the block succeeded
+    asyncio_logger.removeFilter(orphan_filter)  # both reached only when the block succeeded
+    sys.unraisablehook = previous_hook

@@ -23,8 +23,11 @@ writes ours beside it, which is never deleted.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,25 @@ def abstract_train_state(hp: Any, model: UniversalAutoEncoder, sharding: NamedSh
 
     shapes = jax.eval_shape(fresh_state, jax.random.PRNGKey(0))
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+# The threads of the default executor of an event loop (asyncio.to_thread): orbax writes its files there.
+_EXECUTOR_THREAD_PREFIX = "asyncio_"
+
+
+def settle_failed_writes(timeout_s: float = 30.0) -> None:
+    """Let the writes of a failed orbax save that are still running end before its folder is removed.
+
+    The save raises with the first failed write while the others go on in executor threads (orbax then
+    closes its event loop, which lets those threads exit once their write is done); a write ending after
+    the removal would fail on a missing folder or create part of it again. The garbage collector then
+    runs the finalisers of the tasks left behind now, while their reports are kept quiet.
+    """
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.name.startswith(_EXECUTOR_THREAD_PREFIX) and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    gc.collect()
 
 
 class TrainingCheckpoints:
@@ -134,6 +156,7 @@ class TrainingCheckpoints:
                 }))
                 self.manager.wait_until_finished()
             except BaseException:
+                settle_failed_writes()
                 self.remove_temporary_folders(step)
                 raise
 

@@ -7,10 +7,12 @@ Real small file systems (a tmpfs per test, tests/tmpfs.py): skipped where mounti
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -305,6 +307,11 @@ def test_jax_checkpoint_on_a_full_disk(disk, caplog):
                 checkpoints.save(_jax_state(2, 100_000), TrainingProgress(global_step=2))
         assert str(raised.value) == NO_SPACE + f"{directory} (the earlier checkpoints are unchanged)"
         assert not [record for record in caplog.records if "No space left" in record.getMessage()]
+        # The save's other writes ended before it raised: none reports later, none writes into the
+        # removed temporary folder.
+        gc.collect()
+        time.sleep(0.5)
+        assert not [record for record in caplog.records if record.name == "asyncio"]
         assert leftovers(disk) == []
         assert checkpoints.latest() == 1
     finally:
@@ -312,7 +319,7 @@ def test_jax_checkpoint_on_a_full_disk(disk, caplog):
 
 
 _CLOSED_LOOP_REPORTS = """
-import asyncio, errno
+import asyncio, errno, gc
 from efficient_vdvae_common.disk_errors import quiet_disk_error_logs
 
 class Write:  # an object whose finaliser raises: Python reports it as unraisable, as tensorstore does
@@ -325,29 +332,45 @@ class Other:
     def __del__(self):
         raise RuntimeError("another unraisable error")
 
+def orphaned_task(error):  # a write the failed save left behind: its exception never retrieved
+    async def write():
+        raise error
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(write())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    del task
+    gc.collect()
+
 closed = asyncio.new_event_loop()
 closed.close()
 with quiet_disk_error_logs("absl"):
     pass
 Write(closed)  # after a save that succeeded: reported
+orphaned_task(FileNotFoundError(errno.ENOENT, "orphan before"))  # reported
 try:
     with quiet_disk_error_logs("absl"):
         raise OSError(errno.ENOSPC, "No space left on device")
 except OSError:
     pass
 Write(closed)  # after a failed save, while the writes in flight finish: dropped
+orphaned_task(FileNotFoundError(errno.ENOENT, "orphan after"))  # dropped
 Other()  # anything else: reported
+orphaned_task(ValueError("a task's own bug"))  # reported
 """
 
 
 def test_writes_refused_by_a_closed_event_loop_after_a_failed_save_print_nothing():
     """tensorstore reports each write still in flight when orbax's event loop closed on the error as an
-    unraisable "Event loop is closed" traceback; after a failed save those reports are dropped, others not."""
+    unraisable "Event loop is closed" traceback, and asyncio the writes that failed after the save as
+    tasks whose exception was never retrieved; after a failed save those reports are dropped, others not."""
     result = subprocess.run([sys.executable, "-c", _CLOSED_LOOP_REPORTS], capture_output=True, text=True,
                             timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("RuntimeError: Event loop is closed") == 1, result.stderr
     assert result.stderr.count("another unraisable error") == 1, result.stderr
+    assert "orphan before" in result.stderr and "orphan after" not in result.stderr, result.stderr
+    assert "a task's own bug" in result.stderr, result.stderr
 
 
 def test_jax_checkpoint_on_a_read_only_disk(disk):
