@@ -21,6 +21,8 @@ import numpy as np
 from efficient_vdvae_common.atomic_files import staged_folder
 from efficient_vdvae_common.data.readers import IMAGE_EXTENSIONS
 from efficient_vdvae_common.encodings import ENCODINGS_FILENAME, Encodings, write_encodings
+from efficient_vdvae_common.image_grids import ReconstructionGrid, reconstruction_grid_path
+from efficient_vdvae_common.images import write_png
 from efficient_vdvae_common.variate_masks import DIV_STATS_FILENAME, load_div_stats, save_div_stats, variate_masks
 
 
@@ -67,6 +69,28 @@ def image_stem(name: str) -> str:
     """A data set name without its image extension (array-file names have none)."""
     path = Path(name)
     return path.with_suffix("").as_posix() if path.suffix.lower() in IMAGE_EXTENSIONS else name
+
+
+class ReconstructionFiles:
+    """The files of a reconstruction run (written by the main process): `<stem>.png` per image, its
+    `<stem>-target.png` when `save_targets`, and the grid of the first targets above their reconstructions."""
+
+    def __init__(self, output_dir: str | Path, save_targets: bool):
+        self.output_dir = Path(output_dir)
+        self.save_targets = save_targets
+        self.grid = ReconstructionGrid(reconstruction_grid_path(output_dir))
+
+    def add(self, names: Sequence[str], targets: np.ndarray, reconstructions: np.ndarray) -> None:
+        """One batch: uint8 HWC images, row i of both arrays is the image `names[i]`."""
+        self.grid.add(targets, reconstructions)
+        for name, reconstruction, target in zip(names, reconstructions, targets):
+            stem = image_stem(name)
+            write_png(self.output_dir / f"{stem}.png", reconstruction)
+            if self.save_targets:
+                write_png(self.output_dir / f"{stem}-target.png", target)
+
+    def write_grid(self) -> Path | None:
+        return self.grid.write()
 
 
 def generated_image_name(index: int) -> str:

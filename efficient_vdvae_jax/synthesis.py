@@ -33,13 +33,12 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from efficient_vdvae_common.data import DataError, ImageSplit, build_split, official_data_dir
+from efficient_vdvae_common.data import DataError, run_split
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.architecture import (LN2, MNIST_CROP, group_shapes, is_binarized_mnist, num_latent_groups,
                                                 num_levels)
 from efficient_vdvae_common.importance_sampling import batch_bound_sum, sample_passes
-from efficient_vdvae_common.image_grids import (ReconstructionGrid, SampleGrid, generation_grid_path,
-                                                reconstruction_grid_path)
+from efficient_vdvae_common.image_grids import SampleGrid, generation_grid_path
 from efficient_vdvae_common.generation_fid import fid_weights, generated_folders, write_generation_fids
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_inputs, load_encodings_for_decoding,
@@ -47,9 +46,9 @@ from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_i
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.objective import gaussian_kl
 from efficient_vdvae_common.output_distribution import OutputDistribution
-from efficient_vdvae_common.synthesis_files import (ReconstructionMetrics, generated_image_name, image_stem,
-                                                    load_run_div_stats, needs_variate_masks, run_mode,
-                                                    temperature_folder_name)
+from efficient_vdvae_common.synthesis_files import (ReconstructionFiles, ReconstructionMetrics,
+                                                    generated_image_name, load_run_div_stats, needs_variate_masks,
+                                                    run_mode, temperature_folder_name)
 from efficient_vdvae_common.synthesis_shards import ShardData, pad_rows, shard_data, shard_width
 from efficient_vdvae_common.temperatures import expand_temperature_settings
 from efficient_vdvae_common.training_progress import CheckpointError
@@ -116,20 +115,16 @@ def load_variate_masks(hp: Any, root: str | Path = ".") -> np.ndarray:
 
 # ---- Batches on the mesh (efficient_vdvae_common.synthesis_shards).
 
-def _split(hp: Any, split: str) -> ImageSplit:
-    root = official_data_dir(hp, None)
-    return build_split(hp, split, lambda name: load_official_images(name, root, True))
-
-
 def sharded_split(hp: Any, split: str, mesh: Mesh) -> Iterator[ShardData]:
     """The global batches of `split` (synthesis.batch_size images each) as this process sees them:
     its devices' rows only (zero-padded), with the names of every image of the batch."""
-    return shard_data(_split(hp, split), hp.synthesis.batch_size, mesh.size, local_device_range(mesh))
+    return shard_data(run_split(hp, split, load_official_images), hp.synthesis.batch_size, mesh.size,
+                      local_device_range(mesh))
 
 
 def padded_batches(hp: Any, split: str, with_names: bool = False) -> Iterator[tuple]:
     """(x (B, H, W, C), mask (B,), names) per batch of `split` on one device; the last batch zero-padded to B."""
-    for data in shard_data(_split(hp, split), hp.synthesis.batch_size, 1, range(1)):
+    for data in shard_data(run_split(hp, split, load_official_images), hp.synthesis.batch_size, 1, range(1)):
         yield (data.x, data.mask, data.names) if with_names else (data.x, data.mask)
 
 
@@ -222,7 +217,6 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
     mesh = mesh or synthesis_mesh()
     params = on_mesh(mesh, params)
     writing = output_dir is not None and is_main_process()
-    output_dir = Path(output_dir) if output_dir is not None else None
     binarized = is_binarized_mnist(hp)
     step = make_reconstruction_step(hp, model)
     mask_arrays = on_mesh(mesh, _jnp_masks(masks))
@@ -230,7 +224,7 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
     num_samples, iw_total = hp.synthesis.num_importance_samples, 0.0
     iw_rows = padded_size(hp.synthesis.batch_size, mesh)
     iw_step = make_importance_step(hp, model, iw_rows) if num_samples > 1 else None
-    grid = ReconstructionGrid(reconstruction_grid_path(output_dir)) if writing else None
+    files = ReconstructionFiles(output_dir, hp.synthesis.save_target_in_reconstruction) if writing else None
     for data in _progress(sharded_split(hp, "synthesis", mesh), "reconstruction"):
         names, real = data.names, data.batch.size
         key = batch_key(hp.run.seed, data.batch.index)
@@ -257,16 +251,11 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: s
         targets = x_host[:, MNIST_CROP, MNIST_CROP] if binarized else x_host
         output_images = model_space_to_uint8(outputs, binarized)
         target_images = model_space_to_uint8(targets, binarized)
-        grid.add(target_images, output_images)
-        for name, output, target in zip(names, output_images, target_images):
-            stem = image_stem(name)
-            write_png(output_dir / f"{stem}.png", output)
-            if hp.synthesis.save_target_in_reconstruction:
-                write_png(output_dir / f"{stem}-target.png", target)
+        files.add(names, target_images, output_images)
     if count == 0:
         raise DataError(f"the synthesis set ({hp.data.synthesis_data_path}) has no images")
-    if grid is not None:
-        grid.write()
+    if files is not None:
+        files.write_grid()
     nelbo, recon, kl_div, ssim = (totals / count).tolist()
     return ReconstructionMetrics(nelbo=nelbo, recon=recon, kl_div=kl_div, ssim=None if binarized else ssim,
                                  num_images=count, iw_nll=iw_total / count if iw_step is not None else None,

@@ -31,12 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from efficient_vdvae_common.data import DataError, ImageSplit, build_split, official_data_dir
+from efficient_vdvae_common.data import DataError, run_split
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
 from efficient_vdvae_common.architecture import MNIST_CROP, group_shapes
 from efficient_vdvae_common.importance_sampling import importance_weighted_nll, nats_to_report_units, sample_passes
-from efficient_vdvae_common.image_grids import (ReconstructionGrid, SampleGrid, generation_grid_path,
-                                                reconstruction_grid_path)
+from efficient_vdvae_common.image_grids import SampleGrid, generation_grid_path
 from efficient_vdvae_common.generation_fid import fid_weights, generated_folders, write_generation_fids
 from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_inputs, load_encodings_for_decoding,
@@ -44,10 +43,10 @@ from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_i
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
 from efficient_vdvae_common.noise_streams import stream_seed
 from efficient_vdvae_common.synthesis_files import (
+    ReconstructionFiles,
     ReconstructionMetrics,
     load_run_div_stats,
     generated_image_name,
-    image_stem,
     needs_variate_masks,
     run_mode,
     temperature_folder_name,
@@ -88,17 +87,13 @@ def _my_shards() -> range:
     return range(rank, rank + 1)
 
 
-def _split(hp: Any, split: str) -> ImageSplit:
-    root = official_data_dir(hp, None)
-    return build_split(hp, split, lambda name: load_official_images(name, root, True))
-
-
 def sharded_split(hp: Any, split: str) -> Iterator[ShardData]:
     """The global batches of `split` (synthesis.batch_size images each) as this rank sees them: its rows only,
     with the names of every image of the batch."""
     _, world = rank_and_world()
     workers = max(1, int(hp.run.num_cpus))
-    return shard_data(_split(hp, split), hp.synthesis.batch_size, world, _my_shards(), workers)
+    return shard_data(run_split(hp, split, load_official_images), hp.synthesis.batch_size, world, _my_shards(),
+                      workers)
 
 
 def _local_images(data: ShardData, device: torch.device) -> torch.Tensor:
@@ -209,14 +204,13 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
     image order / count. Rank 0 writes the files (none with `output_dir` None).
     """
     writing = output_dir is not None and is_main_process()
-    output_dir = Path(output_dir) if output_dir is not None else None
     dist_ = model.output_distribution
     binarized = dist_.bernoulli
     no_ssim = binarized
     mask_list = None if masks is None else [torch.as_tensor(m, dtype=torch.float32) for m in masks]
     num_samples = hp.synthesis.num_importance_samples
     totals, count = np.zeros(5), 0  # NELBO, reconstruction, KL, SSIM, IW bound: sums over images
-    grid = ReconstructionGrid(reconstruction_grid_path(output_dir)) if writing else None
+    files = ReconstructionFiles(output_dir, hp.synthesis.save_target_in_reconstruction) if writing else None
     shards = _my_shards()
     for data in _progress(sharded_split(hp, "synthesis"), "reconstruction"):
         images = data.batch.images(shards)
@@ -258,16 +252,11 @@ def reconstruct(hp: Any, model: UniversalAutoEncoder, device: torch.device, outp
             continue
         output_images = np.concatenate([p["outputs"] for p in parts if p["outputs"] is not None])
         target_images = np.concatenate([p["targets"] for p in parts if p["targets"] is not None])
-        grid.add(target_images, output_images)
-        for name, output, target in zip(data.names, output_images, target_images):
-            stem = image_stem(name)
-            write_png(output_dir / f"{stem}.png", output)
-            if hp.synthesis.save_target_in_reconstruction:
-                write_png(output_dir / f"{stem}-target.png", target)
+        files.add(data.names, target_images, output_images)
     if count == 0:
         raise DataError(f"the synthesis set ({hp.data.synthesis_data_path}) has no images")
-    if grid is not None:
-        grid.write()
+    if files is not None:
+        files.write_grid()
     nelbo, recon, kl_div, ssim, iw_nll = (totals / count).tolist()
     return ReconstructionMetrics(
         nelbo=nelbo, recon=recon, kl_div=kl_div, ssim=None if no_ssim else ssim, num_images=count,
@@ -517,7 +506,8 @@ def run_synthesis(hp: Any, device: torch.device | None = None, root: str | Path 
 def synthesis_images(hp: Any, model: UniversalAutoEncoder):
     """The synthesis set as uint8 (N, H, W, C) images, batch by batch, as reconstruction writes its targets."""
     binarized = model.output_distribution.bernoulli
-    for data in shard_data(_split(hp, "synthesis"), hp.synthesis.batch_size, 1, range(1)):
+    for data in shard_data(run_split(hp, "synthesis", load_official_images), hp.synthesis.batch_size,
+                                 1, range(1)):
         x = data.x[data.mask]
         yield from model_space_to_uint8(x[:, MNIST_CROP, MNIST_CROP] if binarized else x, binarized)
 
