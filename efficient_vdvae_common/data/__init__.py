@@ -1,6 +1,6 @@
 """Framework-agnostic data: readers per on-disk format, splits, ordering, preprocessing.
 
-The PyTorch and JAX loaders wrap `build_split` and the ordering helpers and
+The PyTorch and JAX loaders wrap `run_split` and the ordering helpers and
 add only their batching.
 """
 from efficient_vdvae_common.data.ordering import epoch_order, num_global_batches, per_rank_batch_size, rank_positions
@@ -13,6 +13,8 @@ from efficient_vdvae_common.data.splits import (
     get_source,
     global_batch_size,
     official_data_dir,
+    run_split,
+    split_batch_sizes,
 )
 
 __all__ = [
@@ -29,4 +31,6 @@ __all__ = [
     "official_data_dir",
     "per_rank_batch_size",
     "rank_positions",
+    "run_split",
+    "split_batch_sizes",
 ]

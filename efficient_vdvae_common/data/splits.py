@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from efficient_vdvae_common.data import preprocessing
+from efficient_vdvae_common.data.ordering import per_rank_batch_size
 from efficient_vdvae_common.data.readers import (
     ArrayReader,
     CorruptImageError,
@@ -42,6 +43,8 @@ class OfficialImages(NamedTuple):
 
 # A framework's way to get the official arrays (torchvision or tfds): (source name) -> arrays.
 OfficialLoader = Callable[[str], OfficialImages]
+# A framework's reader of the official datasets: (dataset name, data folder, download allowed) -> images.
+OfficialReader = Callable[[str, str, bool], OfficialImages]
 
 
 def get_source(hp: Any) -> Source:
@@ -224,3 +227,19 @@ def official_data_dir(hp: Any, data_dir: str | os.PathLike | None) -> str:
     if data_dir is not None:
         return os.fspath(data_dir)
     return os.fspath(getattr(hp.data, "download_dir", "../datasets"))
+
+
+def run_split(hp: Any, split: str, read_official: OfficialReader, data_dir: str | os.PathLike | None = None,
+              download: bool = True) -> ImageSplit:
+    """`build_split` with the official datasets read by `read_official` (torchvision or tfds) from
+    `official_data_dir(hp, data_dir)`."""
+    root = official_data_dir(hp, data_dir)
+    return build_split(hp, split, lambda name: read_official(name, root, download))
+
+
+def split_batch_sizes(hp: Any, split: str, num_ranks: int, global_batch: int | None = None) -> tuple[int, int]:
+    """The global batch of `split` (its configured one unless `global_batch` is given) and each rank's
+    share of it; a batch that does not divide over the ranks raises ValueError naming the split."""
+    if global_batch is None:
+        global_batch = global_batch_size(hp, split)
+    return global_batch, per_rank_batch_size(global_batch, num_ranks, f"batch size of split {split!r}")

@@ -10,15 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from efficient_vdvae_common.data import (
-    ImageSplit,
-    build_split,
-    epoch_order,
-    global_batch_size,
-    official_data_dir,
-    per_rank_batch_size,
-    rank_positions,
-)
+from efficient_vdvae_common.data import ImageSplit, epoch_order, rank_positions, run_split, split_batch_sizes
 from efficient_vdvae_jax.data.official import load_official_images
 
 _END = object()
@@ -80,10 +72,8 @@ def create_iterator(
     keeps only those device slices, shaped (len(devices), ...): a process of a
     multi-process run reads only its own devices' images of each global batch.
     """
-    root = official_data_dir(hp, data_dir)
-    image_split = build_split(hp, split, lambda name: load_official_images(name, root, download))
-    global_batch = global_batch_size(hp, split) if batch_size is None else batch_size
-    per_rank_batch_size(global_batch, num_devices, f"batch size of split {split!r}")
+    image_split = run_split(hp, split, load_official_images, data_dir, download)
+    global_batch, _ = split_batch_sizes(hp, split, num_devices, batch_size)
     training = split == "train"
     batches = _device_batches(image_split, global_batch, num_devices, epoch=epoch, seed=hp.run.seed,
                               training=training, start_batch=start_batch)

@@ -8,16 +8,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from efficient_vdvae_common.data import (
-    DataError,
-    ImageSplit,
-    build_split,
-    epoch_order,
-    global_batch_size,
-    official_data_dir,
-    per_rank_batch_size,
-    rank_positions,
-)
+from efficient_vdvae_common.data import DataError, ImageSplit, epoch_order, rank_positions, run_split, split_batch_sizes
 from efficient_vdvae_torch.data.official import load_official_images
 
 
@@ -156,12 +147,8 @@ def create_dataloader(
     `data_dir`: where CIFAR-10 / MNIST live (default data.download_dir or
     ../datasets); `download=False` never touches the network.
     """
-    root = official_data_dir(hp, data_dir)
-    image_split = build_split(hp, split, lambda name: load_official_images(name, root, download))
-    if batch_size is None:
-        per_rank = per_rank_batch_size(global_batch_size(hp, split), world_size, f"batch size of split {split!r}")
-    else:
-        per_rank = batch_size
+    image_split = run_split(hp, split, load_official_images, data_dir, download)
+    per_rank = split_batch_sizes(hp, split, world_size)[1] if batch_size is None else batch_size
     training = split == "train"
     sampler = ShardedEpochSampler(len(image_split), per_rank * world_size, rank=rank, world_size=world_size,
                                   seed=hp.run.seed, shuffle=training, drop_last=training)
