@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Any, Callable
 
 from efficient_vdvae_common.data import DataError
 from efficient_vdvae_common.disk_errors import DiskWriteError
@@ -42,3 +43,17 @@ def _parser(description: str) -> argparse.ArgumentParser:
 def posterior_temperature(args: argparse.Namespace) -> float:
     """0 (the posterior means) with --posterior-means, else 1 (sampled latents)."""
     return 0.0 if args.posterior_means else 1.0
+
+
+def run_synthesis_command(synthesize: Callable[[], Any], leave_process_group: Callable[[], None] | None) -> int:
+    """synthesize.py's exit status: 0, or EXIT_BAD_INPUT after printing an input error as one `error:` line.
+    `leave_process_group` (None when the caller had joined it before) runs in every case."""
+    try:
+        synthesize()
+    except INPUT_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if leave_process_group is not None:
+            leave_process_group()
+    return 0

@@ -26,8 +26,8 @@ import sys
 
 import jax
 
-from efficient_vdvae_common.synthesis_cli import (EXIT_BAD_INPUT, INPUT_ERRORS, parse_synthesis_command,
-                                                posterior_temperature)
+from efficient_vdvae_common.synthesis_cli import (parse_synthesis_command, posterior_temperature,
+                                                  run_synthesis_command)
 from efficient_vdvae_jax.distributed import init_distributed, shutdown_distributed
 from efficient_vdvae_jax.synthesis import run_synthesis
 
@@ -41,16 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     # (a caller that joined one already keeps it).
     joined_here = not jax.distributed.is_initialized()  # (asking jax.process_count() would start the backend)
     init_distributed()
-    # The same shape as PyTorch's main: each leaves its own framework's process group.
-    try:
-        run_synthesis(hp, posterior_temperature=posterior_temperature(args))
-    except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        if joined_here:
-            shutdown_distributed()
-    return 0
+    return run_synthesis_command(lambda: run_synthesis(hp, posterior_temperature=posterior_temperature(args)),
+                                 shutdown_distributed if joined_here else None)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import sys
 
-from efficient_vdvae_common.synthesis_cli import (EXIT_BAD_INPUT, INPUT_ERRORS, parse_synthesis_command,
-                                                posterior_temperature)
+from efficient_vdvae_common.synthesis_cli import (parse_synthesis_command, posterior_temperature,
+                                                  run_synthesis_command)
 from efficient_vdvae_torch.distributed import is_distributed, shutdown_distributed
 from efficient_vdvae_torch.synthesis import init_synthesis_ranks, run_synthesis
 
@@ -36,16 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args, hp = parse_synthesis_command(DESCRIPTION, argv)
     joined_here = not is_distributed()  # a caller that joined a process group already keeps it
     device = init_synthesis_ranks(hp)
-    # The same shape as JAX's main: each leaves its own framework's process group.
-    try:
-        run_synthesis(hp, device, posterior_temperature=posterior_temperature(args))
-    except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        if joined_here:
-            shutdown_distributed()
-    return 0
+    return run_synthesis_command(lambda: run_synthesis(hp, device, posterior_temperature=posterior_temperature(args)),
+                                 shutdown_distributed if joined_here else None)
 
 
 if __name__ == "__main__":
