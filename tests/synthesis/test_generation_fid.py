@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from efficient_vdvae_common import fid
-from tests.common.test_common_fid import random_inception_weights  # noqa: F401  (module fixture)
+from tests.common.test_fid import random_inception_weights  # noqa: F401  (module fixture)
 from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
 from tests.helpers import FRAMEWORKS_JAX_SLOW
 

@@ -1,7 +1,7 @@
 """efficient_vdvae_jax.distributed in one process: when a run joins a group, and the mesh helpers.
 
 The multi-process behaviour itself is tested end to end in
-tests/jax_training/test_jax_multihost.py (slow).
+tests/jax/test_distributed_multihost.py (slow).
 """
 from __future__ import annotations
 
