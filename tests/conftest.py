@@ -1,10 +1,16 @@
-"""Shared pytest fixtures: the reference fixture folder and small configs."""
+"""Shared pytest fixtures: the reference fixture folder, small configs, and writers of every on-disk
+format the data loaders read."""
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 # The test process imports both frameworks. torch loads triton lazily (on the first optimizer, through
 # torch._dynamo); loaded after jaxlib's threads are up, that import once crashed the process (SIGSEGV in
@@ -67,3 +73,109 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---- Writers of every on-disk format the loaders read, with a few dozen real images.
+
+def random_images(count: int, size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Smooth-ish random uint8 images (N, H, W, C)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(count, size, size, channels), dtype=np.uint8)
+
+
+def write_png_folder(folder: Path, images: np.ndarray, nested: bool = False, jpeg_every: int = 0) -> list[str]:
+    """Write images as PNG (and JPEG every `jpeg_every`-th one); returns relative names in sorted order."""
+    names = []
+    for i, image in enumerate(images):
+        sub = Path(f"part{i % 2}") if nested else Path()
+        extension = ".jpg" if jpeg_every and i % jpeg_every == 0 else ".png"
+        name = sub / f"img_{i:03d}{extension}"
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(folder / name, quality=95)
+        names.append(name.as_posix())
+    return sorted(names)
+
+
+def write_imagenet_npz(folder: Path, images: np.ndarray, files: int = 2, compressed: bool = False) -> None:
+    """Downsampled-ImageNet layout: `data` rows are C*H*W in CHW order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    save = np.savez_compressed if compressed else np.savez
+    for i, chunk in enumerate(np.array_split(rows, files)):
+        save(folder / f"train_data_batch_{i + 1}.npz", data=chunk, labels=np.arange(len(chunk)))
+
+
+def write_cifar10_python(root: Path, train: np.ndarray, test: np.ndarray, monkeypatch) -> None:
+    """torchvision's CIFAR-10 layout (root/cifar-10-batches-py/ python pickles).
+
+    torchvision checks each file's md5 against the official files; the
+    expected checksums are pointed at the files written here.
+    """
+    from torchvision.datasets import CIFAR10
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def dump(name, images):
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rows, "labels": [0] * len(images)}, f)
+        return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
+
+    train_list = [dump(f"data_batch_{i + 1}", chunk) for i, chunk in enumerate(np.array_split(train, 5))]
+    test_list = [dump("test_batch", test)]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    meta = {"filename": "batches.meta", "key": "label_names",
+            "md5": hashlib.md5((folder / "batches.meta").read_bytes()).hexdigest()}
+    monkeypatch.setattr(CIFAR10, "train_list", train_list)
+    monkeypatch.setattr(CIFAR10, "test_list", test_list)
+    monkeypatch.setattr(CIFAR10, "meta", meta)
+
+
+def write_mnist_idx(root: Path, train: np.ndarray, test: np.ndarray) -> None:
+    """torchvision's MNIST layout: root/MNIST/raw/*-idx?-ubyte (uncompressed idx files)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, images in (("train", train), ("t10k", test)):
+        images = images.reshape(len(images), 28, 28)
+        with open(raw / f"{prefix}-images-idx3-ubyte", "wb") as f:
+            f.write(struct.pack(">iiii", 0x803, len(images), 28, 28) + images.tobytes())
+        with open(raw / f"{prefix}-labels-idx1-ubyte", "wb") as f:
+            f.write(struct.pack(">ii", 0x801, len(images)) + bytes(len(images)))
+
+
+@pytest.fixture
+def folder_config(make_config, tmp_path):
+    """A 'custom' config over train/val/synthesis folders of 16x16 RGB PNGs (24/10/6 images)."""
+
+    def _make(*overrides: str, res: int = 16, channels: int = 3):
+        images = random_images(40, res, channels, seed=1)
+        for name, part in (("train", images[:24]), ("val", images[24:34]), ("synth", images[34:])):
+            if not (tmp_path / name).exists():
+                write_png_folder(tmp_path / name, part)
+        return make_config(
+            "data.dataset_source=custom",
+            f"data.train_data_path='{tmp_path / 'train'}'",
+            f"data.val_data_path='{tmp_path / 'val'}'",
+            f"data.synthesis_data_path='{tmp_path / 'synth'}'",
+            f"data.target_res={res}",
+            f"data.channels={channels}",
+            *overrides,
+        ), images
+
+    return _make
+
+
+@pytest.fixture
+def writers():
+    """The writers above, for tests (conftest modules cannot be imported under --import-mode=importlib)."""
+    import types
+
+    return types.SimpleNamespace(
+        random_images=random_images,
+        write_png_folder=write_png_folder,
+        write_imagenet_npz=write_imagenet_npz,
+        write_cifar10_python=write_cifar10_python,
+        write_mnist_idx=write_mnist_idx,
+    )
