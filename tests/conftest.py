@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import JAX_TINY_MODEL, TINY_MODEL, numbered_pngs, write_random_pngs
+
 # The test process imports both frameworks. torch loads triton lazily (on the first optimizer, through
 # torch._dynamo); loaded after jaxlib's threads are up, that import once crashed the process (SIGSEGV in
 # triton's extension) in a slow run. Loading it first, before any JAX test, keeps the order fixed.
@@ -179,3 +181,57 @@ def writers():
         write_cifar10_python=write_cifar10_python,
         write_mnist_idx=write_mnist_idx,
     )
+
+
+# ---- The tiny custom-data runs of the training tests. Each framework's folder (tests/torch, tests/jax)
+# names its framework in its conftest. PyTorch runs a 7-level model on 12 train PNGs named img_NNN.png (3
+# batches of 4 an epoch); JAX, whose compiles are most of its cost, a two-level one on 8 train PNGs named
+# NNN.png (2 batches of 4). Both validate on 6 PNGs (JAX: batches of 4 and 2).
+TRAINING_RUNS = {
+    "torch": {"model": TINY_MODEL, "devices": "run.num_cpus=1", "train_images": 12, "prefix": "img_"},
+    "jax": {"model": JAX_TINY_MODEL, "devices": "run.num_gpus=1", "train_images": 8, "prefix": ""},
+}
+
+
+@pytest.fixture(scope="session")
+def training_images(tmp_path_factory):
+    """framework -> {"train": folder, "val": folder} of its tiny runs, written on first use."""
+    folders: dict[str, dict[str, Path]] = {}
+
+    def _folders(framework: str) -> dict[str, Path]:
+        if framework not in folders:
+            run = TRAINING_RUNS[framework]
+            root = tmp_path_factory.mktemp(f"{framework}_images")
+            write_random_pngs(root / "train", numbered_pngs(run["train_images"], run["prefix"]), seed=1)
+            write_random_pngs(root / "val", numbered_pngs(6, run["prefix"]), seed=2)
+            folders[framework] = {"train": root / "train", "val": root / "val"}
+        return folders[framework]
+
+    return _folders
+
+
+@pytest.fixture
+def image_folders(framework, training_images) -> dict[str, Path]:
+    return training_images(framework)
+
+
+@pytest.fixture
+def run_overrides(framework, image_folders):
+    """`section.key=value` settings of a tiny custom-data run (absolute paths: any cwd works)."""
+    run = TRAINING_RUNS[framework]
+
+    def _overrides(name: str, *extra: str) -> list[str]:
+        return [*run["model"],
+                f"run.name={name}",
+                run["devices"],
+                "data.dataset_source=custom",
+                f"data.train_data_path='{image_folders['train']}'",
+                f"data.val_data_path='{image_folders['val']}'",
+                f"data.synthesis_data_path='{image_folders['val']}'",
+                "train.batch_size=4",
+                "val.batch_size=4",
+                "val.n_samples_for_validation=6",
+                "optimizer.warmup_steps=1",
+                "train.logging_interval_in_steps=1",
+                *extra]
+    return _overrides

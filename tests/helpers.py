@@ -1,6 +1,9 @@
 """Helpers shared by the test folders."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -48,6 +51,35 @@ TWO_LEVEL_MODEL = (
     "model.down_latent_variates=[4, 4]",
     "model.num_output_mixtures=2",
 )
+
+# The JAX end-to-end tests' model: levels at 8x8 (one follower) and 16x16, three latent groups of 4 variates.
+# Their runs are subprocesses (the device count is fixed when JAX starts, and a fresh process is what users
+# run); compiling is most of their cost on a small CPU.
+JAX_TINY_MODEL = ("data.target_res=16",) + TWO_LEVEL_MODEL
+JAX_TRAIN_PY = Path(__file__).resolve().parent.parent / "efficient_vdvae_jax" / "train.py"
+REFERENCE_CONFIG = Path(__file__).resolve().parent / "fixtures" / "original_torch_small" / "config.cfg"
+
+
+def train_command(overrides: list[str]) -> list[str]:
+    """The JAX train.py on the reference config with `overrides`."""
+    return [sys.executable, str(JAX_TRAIN_PY), "--config", str(REFERENCE_CONFIG), "--set", *overrides]
+
+
+def jax_env(devices: int = 1) -> dict[str, str]:
+    """The environment of a CPU-only JAX process with `devices` host devices."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def run_training(overrides: list[str], cwd: Path, devices: int = 1, timeout: int = 600
+                 ) -> subprocess.CompletedProcess:
+    """The JAX train.py in a fresh process."""
+    return subprocess.run(train_command(overrides), cwd=cwd, env=jax_env(devices), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
 def write_random_pngs(folder: Path, names: Iterable[str], seed: int, size: int = 16) -> None:

@@ -1,6 +1,8 @@
-"""Session fixtures of the JAX model tests: reference config, weights, batch, outputs, one jitted forward.
+"""Fixtures of the JAX tests: the framework the shared run fixtures build for; the model tests' reference
+config, weights, batch, outputs and one jitted forward.
 
-Session-scoped so that each jitted function compiles once (compiles are the slow part on a small CPU).
+The reference fixtures are session-scoped so that each jitted function compiles once (compiles are the slow
+part on a small CPU).
 """
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ import pytest
 from efficient_vdvae_jax.convert_checkpoint import torch_state_dict_to_flax_params
 from tests.conftest import REFERENCE_DIR
 from tests.jax.helpers import load_reference_config, make_forward
+
+
+@pytest.fixture
+def framework() -> str:
+    """tests/conftest.py's run fixtures (image_folders, run_overrides) build JAX's tiny run."""
+    return "jax"
 
 
 @pytest.fixture(scope="session")

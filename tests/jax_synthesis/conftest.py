@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REFERENCE_CONFIG, REPO_ROOT
-from tests.jax_training.conftest import TINY_MODEL, check, jax_env, run_training, write_image_folder
+from tests.helpers import JAX_TINY_MODEL as TINY_MODEL, check, jax_env, run_training, numbered_pngs, write_random_pngs
 
 RUN_NAME = "tiny_jax"
 # TINY_MODEL: levels at 8x8 (one follower) and 16x16: three latent groups of 4 variates.
@@ -54,7 +54,7 @@ def jax_run(tmp_path_factory) -> TinyJaxRun:
     """8 train and 6 synthesis PNGs (two in a subfolder), trained for 2 updates with train.py."""
     root = tmp_path_factory.mktemp("jax_synthesis_run")
     images = root / "images"
-    write_image_folder(images / "train", NUM_TRAIN_IMAGES, seed=1)
+    write_random_pngs(images / "train", numbered_pngs(NUM_TRAIN_IMAGES, prefix=""), seed=1)
     _write_named_images(images / "synthesis", SYNTHESIS_NAMES, seed=2)
     overrides = [
         *TINY_MODEL,

@@ -105,7 +105,7 @@ def test_k64_bound_is_below_the_elbo_and_leaves_it_unchanged(framework, request,
 import math  # noqa: E402
 
 from tests.conftest import REFERENCE_CONFIG  # noqa: E402
-from tests.jax_training.conftest import TINY_MODEL as TWO_LEVEL_16PX  # noqa: E402
+from tests.helpers import JAX_TINY_MODEL as TWO_LEVEL_16PX  # noqa: E402
 
 IMAGES, SAMPLES, DIMS = 4, 64, 16 * 16 * 3
 BASES = ["std", "logstd"]  # gradient_smoothing_beta is ln 2 in this config: a missing beta shows

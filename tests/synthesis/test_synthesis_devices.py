@@ -23,7 +23,7 @@ from efficient_vdvae_common.synthesis_shards import shard_data, sharded_batches
 from efficient_vdvae_common.variate_masks import save_div_stats
 from hparams import load_config
 from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
-from tests.jax_training.conftest import jax_env
+from tests.helpers import jax_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYNTHESIZE = {"torch": REPO_ROOT / "efficient_vdvae_torch" / "synthesize.py",

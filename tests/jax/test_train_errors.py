@@ -1,7 +1,7 @@
 """Bad input to the JAX train.py: exit status 2, one line naming the culprit, nothing left behind."""
 from __future__ import annotations
 
-from tests.jax_training.conftest import run_training
+from tests.helpers import run_training
 
 
 def _one_error_line(result) -> str:

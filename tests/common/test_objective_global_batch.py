@@ -19,9 +19,12 @@ import torch
 
 from tests.helpers import TINY_MODEL, TWO_LEVEL_MODEL
 
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 HERE = Path(__file__).resolve().parent
-TORCH_WORKER = HERE / "gamma_step_worker.py"
-JAX_WORKER = HERE.parent / "jax_training" / "gamma_step_worker.py"
+TORCH_WORKER = HERE.parent / "torch" / "gamma_step_worker.py"
+JAX_WORKER = HERE.parent / "jax" / "gamma_step_worker.py"
 GAMMA_AND_BETA_STEP = 4000
 # Global batch 4 (2 per worker), full learning rate at once, a larger Adamax eps so that
 # gradients that are zero up to rounding do not become visible updates (see the DDP test).

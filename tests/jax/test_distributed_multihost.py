@@ -30,7 +30,7 @@ from efficient_vdvae_jax.model import UniversalAutoEncoder
 from efficient_vdvae_jax.checkpoints import abstract_train_state
 from hparams import load_config
 from tests.conftest import REFERENCE_CONFIG
-from tests.jax_training.conftest import check, jax_env, run_training, train_command
+from tests.helpers import check, jax_env, run_training, train_command
 
 LOST_PROCESS = "lost contact with another training process"
 

@@ -7,7 +7,7 @@ import re
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.jax_training.conftest import check, run_training
+from tests.helpers import check, run_training
 
 
 @pytest.mark.slow  # a full JAX train.py run (compiles the train and validation steps)

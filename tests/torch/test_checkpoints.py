@@ -13,6 +13,9 @@ from efficient_vdvae_common.training_progress import CheckpointError, TrainingPr
 from efficient_vdvae_torch.checkpoints import (checkpoint_path, history_dir, load_checkpoint, remove_stale_temp_files,
                                                restore_training_state, save_checkpoint, training_state)
 
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -12,6 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from efficient_vdvae_torch.checkpoints import load_checkpoint
 
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SH = REPO_ROOT / "efficient_vdvae_torch" / "train.sh"
 TRAIN_PY = REPO_ROOT / "efficient_vdvae_torch" / "train.py"

@@ -9,6 +9,9 @@ import pytest
 from efficient_vdvae_common.data.splits import VALIDATION_SUBSET_STREAM
 from tests.helpers import numbered_pngs, write_random_pngs
 
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 NUM_VAL, SUBSET = 20, 6
 
 

@@ -18,7 +18,7 @@ from hparams import load_config
 from jax.sharding import NamedSharding, PartitionSpec
 from tests.conftest import REFERENCE_CONFIG
 from tests.helpers import logged_scalars
-from tests.jax_training.conftest import check, jax_env, run_training, train_command
+from tests.helpers import check, jax_env, run_training, train_command
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,9 @@ FRAMEWORKS = [pytest.param("torch", id="torch"), pytest.param("jax", id="jax", m
 
 
 @pytest.fixture
-def overrides(image_folders):
+def overrides(training_images):
+    image_folders = training_images("torch")  # the same 12 train images for both frameworks
+
     def _overrides(name: str, *extra: str) -> list[str]:
         return ["data.target_res=16", *TWO_LEVEL_MODEL, f"run.name={name}", "run.num_gpus=1", "run.num_cpus=1",
                 "data.dataset_source=custom", f"data.train_data_path='{image_folders['train']}'",

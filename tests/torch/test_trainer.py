@@ -15,6 +15,9 @@ from efficient_vdvae_torch.train_step import eval_step
 from efficient_vdvae_torch.trainer import Trainer, validate
 from tests.helpers import logged_scalars
 
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 CPU = DistributedContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 

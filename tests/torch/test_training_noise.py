@@ -12,6 +12,9 @@ from efficient_vdvae_torch.model.schedules import learning_rate_schedule
 from efficient_vdvae_torch.train_step import train_step
 from efficient_vdvae_torch.training_noise import SeededLatentNoise, latent_noise_shapes
 
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 CPU = torch.device("cpu")
 
 
