@@ -26,6 +26,12 @@ SYNTHESIS_MODES = ("reconstruction", "generation", "div_stats", "encoding", "dec
 OUTPUT_SAMPLINGS = ("sample", "mean")
 
 
+def unknown_choice(key: str, value: Any, choices: tuple) -> ValueError:
+    """The error of a model function given a value of `key` outside `choices`. A loaded config never gets
+    there (validation rejects it first); code that builds a model from its own values does."""
+    return ValueError(f"{key} = {value!r}: expected one of {choices}")
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key. `kind` names a checker in `_CHECKERS`."""

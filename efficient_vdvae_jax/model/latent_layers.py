@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from efficient_vdvae_jax.model.conv2d import conv2d
-from hparams.schema import DISTRIBUTION_BASES
+from hparams.schema import DISTRIBUTION_BASES, unknown_choice
 
 GaussianStats = tuple[jax.Array, jax.Array]
 
@@ -55,5 +55,5 @@ class GaussianLatentLayer(nn.Module):
             if prior_stats is not None:
                 mean, scale = mean + prior_stats[0], scale + prior_stats[1]
         else:
-            raise ValueError(f"model.distribution_base = {self.base!r}: expected one of {DISTRIBUTION_BASES}")
+            raise unknown_choice("model.distribution_base", self.base, DISTRIBUTION_BASES)
         return mean, scale

@@ -12,6 +12,7 @@ import optax
 from flax import traverse_util
 
 from efficient_vdvae_jax.model.schedules import learning_rate_schedule
+from hparams.schema import OPTIMIZERS, unknown_choice
 
 # Modules whose kernels are not decayed: the input/output convs, skip, z and Gaussian projections.
 UNDECAYED_CONVS = ("input_conv", "output_conv", "skip_projection", "z_projection", "projection")
@@ -34,7 +35,7 @@ def _scale_by_optimizer(hp: Any) -> optax.GradientTransformation:
         return optax.scale_by_adam(b1=opt.beta1, b2=opt.beta2, eps=opt.epsilon)
     if kind in ("RAdam", "Radam"):  # the PyTorch and the JAX original's spellings
         return optax.scale_by_radam(b1=opt.beta1, b2=opt.beta2, eps=opt.epsilon)
-    raise ValueError(f"optimizer.type must be 'Adamax', 'Adam' or 'RAdam', got {kind!r}")
+    raise unknown_choice("optimizer.type", kind, OPTIMIZERS)
 
 
 def build_optimizer(hp: Any) -> optax.GradientTransformation:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from efficient_vdvae_common.architecture import MNIST_CROP
 from efficient_vdvae_common.output_distribution import OutputDistribution
+from hparams.schema import OUTPUT_SAMPLINGS, unknown_choice
 from efficient_vdvae_jax.model.latent_layers import beta_softplus
 
 
@@ -164,5 +165,5 @@ def render_output(logits: jax.Array, dist: OutputDistribution, rng: jax.Array, s
     if sampling == "mean":
         return output_mean(logits, dist)
     if sampling != "sample":
-        raise ValueError(f"synthesis.output_sampling must be 'sample' or 'mean', got {sampling!r}")
+        raise unknown_choice("synthesis.output_sampling", sampling, OUTPUT_SAMPLINGS)
     return sample_output(logits, dist, rng, temperature)

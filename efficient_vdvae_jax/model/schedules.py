@@ -10,7 +10,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from hparams.schema import LEARNING_RATE_SCHEMES, VARIATION_SCHEDULES
+from hparams.schema import LEARNING_RATE_SCHEMES, VARIATION_SCHEDULES, unknown_choice
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -27,7 +27,7 @@ def kl_beta(hp: Any, step: jax.Array | int) -> jax.Array:
         # The denominator anneal_start + anneal_steps is the originals' (SPEC.md section 5).
         ramp = (step - loss.vae_beta_anneal_start) / (loss.vae_beta_anneal_start + loss.vae_beta_anneal_steps)
         return jnp.clip(ramp, loss.vae_beta_min, 1.0)
-    raise ValueError(f"loss.variation_schedule = {loss.variation_schedule!r}: expected one of {VARIATION_SCHEDULES}")
+    raise unknown_choice("loss.variation_schedule", loss.variation_schedule, VARIATION_SCHEDULES)
 
 
 def use_gamma(hp: Any, step: jax.Array | int | None) -> bool | jax.Array:
@@ -81,4 +81,4 @@ def learning_rate_schedule(hp: Any) -> Schedule:
             return lr * warmup ** 0.5 * jnp.minimum(t ** -0.5, t * warmup ** -1.5)
 
         return noam
-    raise ValueError(f"optimizer.learning_rate_scheme = {scheme!r}: expected one of {LEARNING_RATE_SCHEMES}")
+    raise unknown_choice("optimizer.learning_rate_scheme", scheme, LEARNING_RATE_SCHEMES)

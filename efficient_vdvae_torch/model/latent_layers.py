@@ -6,17 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from efficient_vdvae_torch.model.conv2d import Conv2d
-from hparams.schema import DISTRIBUTION_BASES
+from hparams.schema import DISTRIBUTION_BASES, unknown_choice
 
 # (mean, std) in the 'std' base, (mean, logstd) in the 'logstd' base.
 GaussianStats = tuple[torch.Tensor, torch.Tensor]
 
-
-
-def check_distribution_base(base: str, key: str = "model.distribution_base") -> str:
-    if base not in DISTRIBUTION_BASES:
-        raise ValueError(f"{key} = {base!r}: expected one of {DISTRIBUTION_BASES}")
-    return base
 
 
 def beta_softplus(x: torch.Tensor, beta: float) -> torch.Tensor:
@@ -35,7 +29,9 @@ class GaussianLatentLayer(nn.Module):
     def __init__(self, in_filters: int, variates: int, base: str, smoothing_beta: float):
         super().__init__()
         self.projection = Conv2d(in_filters, 2 * variates, 1)
-        self.base = check_distribution_base(base)
+        if base not in DISTRIBUTION_BASES:
+            raise unknown_choice("model.distribution_base", base, DISTRIBUTION_BASES)
+        self.base = base
         self.smoothing_beta = smoothing_beta
 
     def forward(self, x: torch.Tensor, prior_stats: GaussianStats | None = None) -> GaussianStats:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from efficient_vdvae_torch.model.conv2d import Conv2d
+from hparams.schema import OPTIMIZERS, unknown_choice
 
-OPTIMIZERS = ("Adamax", "Adam", "RAdam", "Radam")
 # Convs whose kernels are never decayed (SPEC.md section 6); `projection` is a Gaussian head.
 UNDECAYED_CONVS = ("input_conv", "output_conv", "skip_projection", "z_projection", "projection")
 
@@ -69,7 +69,7 @@ def build_optimizer(hp, model: nn.Module) -> torch.optim.Optimizer:
         kind = torch.optim.Adam if opt.type == "Adam" else torch.optim.RAdam
         optimizer = kind(groups, decoupled_weight_decay=True, **common)
     else:
-        raise ValueError(f"optimizer.type = {opt.type!r}: expected one of {OPTIMIZERS}")
+        raise unknown_choice("optimizer.type", opt.type, OPTIMIZERS)
     optimizer.register_load_state_dict_post_hook(_keep_foreach)
     return optimizer
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from efficient_vdvae_common.architecture import MNIST_CROP
 from efficient_vdvae_common.output_distribution import OutputDistribution
+from hparams.schema import OUTPUT_SAMPLINGS, unknown_choice
 from efficient_vdvae_torch.model.latent_layers import beta_softplus
 
 # Uniform draws stay away from 0 and 1 so that the logs below stay finite.
@@ -176,5 +177,5 @@ def render_output(logits: torch.Tensor, dist: OutputDistribution, sampling: str 
     if sampling == "mean":
         return output_mean(logits, dist)
     if sampling != "sample":
-        raise ValueError(f"synthesis.output_sampling must be 'sample' or 'mean', got {sampling!r}")
+        raise unknown_choice("synthesis.output_sampling", sampling, OUTPUT_SAMPLINGS)
     return sample_output(logits, dist, temperature, generator)

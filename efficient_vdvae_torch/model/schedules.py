@@ -9,7 +9,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from hparams.schema import LEARNING_RATE_SCHEMES, VARIATION_SCHEDULES
+from hparams.schema import LEARNING_RATE_SCHEMES, VARIATION_SCHEDULES, unknown_choice
 
 
 def kl_beta(hp, step: int) -> float:
@@ -25,7 +25,7 @@ def kl_beta(hp, step: int) -> float:
         # The denominator is anneal_start + anneal_steps in both originals (SPEC.md section 5).
         ramp = (step - loss.vae_beta_anneal_start) / (loss.vae_beta_anneal_start + loss.vae_beta_anneal_steps)
         return min(max(ramp, loss.vae_beta_min), 1.0)
-    raise ValueError(f"loss.variation_schedule = {loss.variation_schedule!r}: expected one of {VARIATION_SCHEDULES}")
+    raise unknown_choice("loss.variation_schedule", loss.variation_schedule, VARIATION_SCHEDULES)
 
 
 def use_gamma(hp, step: int | None) -> bool:
@@ -58,7 +58,7 @@ def learning_rate(hp, step: int) -> float:
         if step == 0:
             return 0.0
         return lr * opt.warmup_steps ** 0.5 * min(step ** -0.5, step * opt.warmup_steps ** -1.5)
-    raise ValueError(f"optimizer.learning_rate_scheme = {scheme!r}: expected one of {LEARNING_RATE_SCHEMES}")
+    raise unknown_choice("optimizer.learning_rate_scheme", scheme, LEARNING_RATE_SCHEMES)
 
 
 def _warmup(step: int, warmup_steps: float) -> float:
