@@ -6,13 +6,17 @@ import hashlib
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import JAX_TINY_MODEL, TINY_MODEL, numbered_pngs, write_random_pngs
+from tests.helpers import JAX_TINY_MODEL, TINY_MODEL, check, numbered_pngs, run_training, write_random_pngs
+from tests.synthesis_runs import (JAX_RUN_NAME, JAX_SYNTHESIS_NAMES, TORCH_RUN_NAME, TORCH_SYNTHESIS_NAMES,
+                                  SynthesisRun, script_env)
 
 # The test process imports both frameworks. torch loads triton lazily (on the first optimizer, through
 # torch._dynamo); loaded after jaxlib's threads are up, that import once crashed the process (SIGSEGV in
@@ -235,3 +239,59 @@ def run_overrides(framework, image_folders):
                 "train.logging_interval_in_steps=1",
                 *extra]
     return _overrides
+
+
+# ---- The tiny trained runs of the synthesis tests (tests/synthesis_runs.py), on their framework's training
+# images and model above. PyTorch: 3 updates, one checkpoint at the end; JAX: 2 updates, checkpointed at the
+# end only, and two temperature settings (one a linear range) for generation.
+SYNTHESIS_RUNS = {
+    "torch": {"name": TORCH_RUN_NAME, "synthesis_images": TORCH_SYNTHESIS_NAMES,
+              "settings": ("train.total_train_steps=3", "train.checkpoint_and_eval_interval_in_steps=3")},
+    "jax": {"name": JAX_RUN_NAME, "synthesis_images": JAX_SYNTHESIS_NAMES,
+            "settings": ("train.total_train_steps=2", "train.checkpoint_and_eval_interval_in_steps=1000",
+                         "synthesis.temperature_settings=[0.8, ('linear', 0.7, 0.9)]")},
+}
+
+
+def _train_synthesis_run(framework: str, root: Path) -> SynthesisRun:
+    """The framework's training PNGs and 6 synthesis PNGs (two in a subfolder), trained with train.py in `root`."""
+    run, synthesis = TRAINING_RUNS[framework], SYNTHESIS_RUNS[framework]
+    images = root / "images"
+    write_random_pngs(images / "train", numbered_pngs(run["train_images"], run["prefix"]), seed=1)
+    write_random_pngs(images / "synthesis", synthesis["synthesis_images"], seed=2)
+    overrides = [
+        *run["model"],
+        f"run.name={synthesis['name']}",
+        run["devices"],
+        "data.dataset_source=custom",
+        f"data.train_data_path='{images / 'train'}'",
+        f"data.val_data_path='{images / 'synthesis'}'",
+        f"data.synthesis_data_path='{images / 'synthesis'}'",
+        "train.batch_size=4",
+        "val.batch_size=4",
+        "val.n_samples_for_validation=6",
+        "optimizer.warmup_steps=1",
+        "synthesis.batch_size=4",  # 6 synthesis images: batches of 4 and 2
+        "synthesis.div_stats_subset_ratio=0.5",  # half of the train images
+        "synthesis.n_generation_batches=2",
+        *synthesis["settings"],
+    ]
+    if framework == "torch":
+        train_py = REPO_ROOT / "efficient_vdvae_torch" / "train.py"
+        check(subprocess.run([sys.executable, str(train_py), "--config", str(REFERENCE_CONFIG), "--set", *overrides],
+                             cwd=root, env=script_env(), capture_output=True, text=True, timeout=600))
+    else:
+        check(run_training(overrides, cwd=root))
+    return SynthesisRun(framework=framework, name=synthesis["name"], root=root, images=images)
+
+
+@pytest.fixture(scope="session")
+def torch_run(tmp_path_factory) -> SynthesisRun:
+    """12 train and 6 synthesis PNGs, trained for 3 updates with PyTorch's train.py."""
+    return _train_synthesis_run("torch", tmp_path_factory.mktemp("torch_synthesis_run"))
+
+
+@pytest.fixture(scope="session")
+def jax_run(tmp_path_factory) -> SynthesisRun:
+    """8 train and 6 synthesis PNGs, trained for 2 updates with JAX's train.py."""
+    return _train_synthesis_run("jax", tmp_path_factory.mktemp("jax_synthesis_run"))

@@ -9,6 +9,9 @@ from scipy.stats import multivariate_normal, norm
 from efficient_vdvae_common.importance_sampling import importance_weighted_nll, sample_passes
 from tests.helpers import FRAMEWORKS_JAX_SLOW
 
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 
 def test_one_sample_is_the_single_sample_bound_exactly():
     log_weights = np.random.default_rng(0).normal(-3000.0, 50.0, size=(7, 1))
@@ -58,7 +61,6 @@ def test_converges_to_the_marginal_likelihood_of_a_linear_gaussian_model():
 # ---- Reconstruction on the tiny trained runs, both frameworks (in-process).
 
 from hparams import load_config  # noqa: E402
-from tests.jax_synthesis.conftest import jax_run  # noqa: E402,F401  (session fixture)
 
 
 def _torch_reconstruct(run, num_samples: int, output_dir):
@@ -81,7 +83,7 @@ def _jax_reconstruct(run, num_samples: int, output_dir):
     return reconstruct(hp, model, load_synthesis_params(hp, model, run.root), output_dir)
 
 
-RECONSTRUCT = {"torch": (_torch_reconstruct, "tiny_run"), "jax": (_jax_reconstruct, "jax_run")}
+RECONSTRUCT = {"torch": (_torch_reconstruct, "torch_run"), "jax": (_jax_reconstruct, "jax_run")}
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS_JAX_SLOW)

@@ -15,6 +15,9 @@ import pytest
 from tests.helpers import TWO_LEVEL_MODEL
 from tests.jax.helpers import load_reference_config
 
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 HP_OVERRIDES = ("data.target_res=8",) + TWO_LEVEL_MODEL  # 3 latent groups of 4 variates
 NUM_GROUPS, NUM_VARIATES, BATCH = 3, 4, 3
 # Group 0 keeps two variates, group 1 none, group 2 all of them.

@@ -22,14 +22,16 @@ from efficient_vdvae_common.synthesis_files import div_stats_path, encodings_pat
 from efficient_vdvae_common.synthesis_shards import shard_data, sharded_batches
 from efficient_vdvae_common.variate_masks import save_div_stats
 from hparams import load_config
-from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
 from tests.helpers import jax_env
+
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYNTHESIZE = {"torch": REPO_ROOT / "efficient_vdvae_torch" / "synthesize.py",
               "jax": REPO_ROOT / "efficient_vdvae_jax" / "synthesize.py"}
 SYNTHESIZE_SH = REPO_ROOT / "efficient_vdvae_torch" / "synthesize.sh"
-FIXTURES = {"torch": ("tiny_run", "tiny"), "jax": ("jax_run", "tiny_jax"), "jax-processes": ("jax_run", "tiny_jax")}
+FIXTURES = {"torch": ("torch_run", "tiny"), "jax": ("jax_run", "tiny_jax"), "jax-processes": ("jax_run", "tiny_jax")}
 NUM_IMAGES = 5
 BATCH = 3  # batches of 3 and 2 images: on 2 devices rows [0 1 | 2 pad] and [0 1 | pad pad]
 
@@ -54,11 +56,12 @@ def test_every_image_is_in_exactly_one_shard_in_its_one_device_row(num_items, ba
     assert seen == list(range(num_items))
 
 
-def test_shards_read_their_rows_of_the_one_device_batches(tiny_run):
-    from efficient_vdvae_torch.synthesis import _split
+def test_shards_read_their_rows_of_the_one_device_batches(torch_run):
+    from efficient_vdvae_common.data import run_split
+    from efficient_vdvae_torch.data.official import load_official_images
 
-    hp = load_config(tiny_run.saved_config)
-    split = _split(hp, "synthesis")  # 6 images
+    hp = load_config(torch_run.saved_config)
+    split = run_split(hp, "synthesis", load_official_images)  # 6 images
     one = list(shard_data(split, 4, 1, range(1)))
     for shards in (2, 3):
         per_shard = [list(shard_data(split, 4, shards, range(s, s + 1), workers=1)) for s in range(shards)]
@@ -83,13 +86,13 @@ def test_jax_noise_of_a_row_does_not_depend_on_the_padded_batch_length():
         np.testing.assert_array_equal(np.asarray(draw(key, (3, 4, 4, 2))), np.asarray(draw(key, (4, 4, 4, 2)))[:3])
 
 
-def test_torch_noise_of_an_image_does_not_depend_on_its_batch(tiny_run):
+def test_torch_noise_of_an_image_does_not_depend_on_its_batch(torch_run):
     import torch
 
     from efficient_vdvae_common.synthesis_shards import POSTERIOR_STREAM
     from efficient_vdvae_torch.synthesis import image_noise
 
-    hp = load_config(tiny_run.saved_config)
+    hp = load_config(torch_run.saved_config)
     whole = image_noise(hp, POSTERIOR_STREAM, range(0, 4), torch.device("cpu"))
     part = image_noise(hp, POSTERIOR_STREAM, range(2, 4), torch.device("cpu"))
     other = image_noise(hp, POSTERIOR_STREAM + 1, range(2, 4), torch.device("cpu"))

@@ -13,11 +13,13 @@ import torch
 
 from efficient_vdvae_torch.synthesize import main as torch_main
 from hparams import load_config
-from tests.jax_synthesis.conftest import RUN_NAME as JAX_RUN_NAME
-from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
 
-from .conftest import CONFIG, RUN_NAME as TORCH_RUN_NAME
+from tests.helpers import REFERENCE_CONFIG as CONFIG
+from tests.synthesis_runs import JAX_RUN_NAME, TORCH_RUN_NAME
 from tests.helpers import FRAMEWORKS_JAX_SLOW
+
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 MODES = ["reconstruction", "generation", "div_stats", "encoding"]
 
@@ -71,7 +73,7 @@ def _jax_main(arguments):
 
 
 FRAMEWORKS = {
-    "torch": (_torch_broken_copy, torch_main, TORCH_RUN_NAME, "tiny_run"),
+    "torch": (_torch_broken_copy, torch_main, TORCH_RUN_NAME, "torch_run"),
     "jax": (_jax_broken_copy, _jax_main, JAX_RUN_NAME, "jax_run"),
 }
 

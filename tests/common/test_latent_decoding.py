@@ -17,8 +17,10 @@ from efficient_vdvae_common.latent_decoding import (check_encodings_fit, decodin
 from efficient_vdvae_common.synthesis_files import div_stats_path, encodings_path, reconstruction_dir
 from efficient_vdvae_common.variate_masks import save_div_stats
 from hparams import load_config
-from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
 from tests.helpers import FRAMEWORKS_JAX_SLOW
+
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _encodings(rng, names, shapes_and_variates):
@@ -151,7 +153,7 @@ def _jax_logits(hp, root: Path, encodings: Encodings) -> tuple[np.ndarray, np.nd
 
 
 LOGITS = {"torch": _torch_logits, "jax": _jax_logits}
-FRAMEWORKS = {"torch": ("tiny_run", "tiny", _torch_synthesis), "jax": ("jax_run", "tiny_jax", _jax_synthesis)}
+FRAMEWORKS = {"torch": ("torch_run", "tiny", _torch_synthesis), "jax": ("jax_run", "tiny_jax", _jax_synthesis)}
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS_JAX_SLOW)

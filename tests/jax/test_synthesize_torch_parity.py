@@ -6,16 +6,27 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from efficient_vdvae_jax.synthesize import main as jax_synthesize_main
 
-from .conftest import REPO_ROOT, RUN_NAME, check, run_subprocess
+from tests.helpers import check, jax_env
+from tests.synthesis_runs import JAX_RUN_NAME as RUN_NAME
+from tests.synthesis_runs import REPO_ROOT
 
 CONVERT_PY = REPO_ROOT / "efficient_vdvae_jax" / "convert_checkpoint.py"
 TORCH_SYNTHESIZE_PY = REPO_ROOT / "efficient_vdvae_torch" / "synthesize.py"
 SUMMARY = re.compile(r"(NELBO|reconstruction|KL) (-?[0-9.]+)")
+
+
+def run_subprocess(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """This Python running `arguments` (a script and its options) in a fresh CPU-only JAX process."""
+    return subprocess.run([sys.executable, *arguments], cwd=cwd, env=jax_env(), capture_output=True, text=True,
+                          timeout=600)
 
 
 def _metrics(stdout: str) -> dict[str, float]:

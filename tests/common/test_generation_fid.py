@@ -10,10 +10,12 @@ import pytest
 
 from efficient_vdvae_common import fid
 from tests.common.test_fid import random_inception_weights  # noqa: F401  (module fixture)
-from tests.jax_synthesis.conftest import jax_run  # noqa: F401  (session fixture)
 from tests.helpers import FRAMEWORKS_JAX_SLOW
 
-FRAMEWORKS = {"torch": ("tiny_run", "tiny"), "jax": ("jax_run", "tiny_jax")}
+# One torch intra-op thread for the in-process steps (tests/conftest.py: single_torch_thread).
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+FRAMEWORKS = {"torch": ("torch_run", "tiny"), "jax": ("jax_run", "tiny_jax")}
 
 
 def _copy_run(run, name: str, destination: Path) -> Path:

@@ -20,9 +20,11 @@ from efficient_vdvae_jax.synthesis import load_synthesis_params
 from efficient_vdvae_jax.synthesize import main as synthesize_main
 from hparams import load_config
 
-from .conftest import GROUP_RESOLUTIONS, NUM_TRAIN_IMAGES, REPO_ROOT, RUN_NAME, SYNTHESIS_NAMES, run_subprocess
+from tests.synthesis_runs import JAX_GROUP_RESOLUTIONS as GROUP_RESOLUTIONS
+from tests.synthesis_runs import JAX_NUM_TRAIN_IMAGES as NUM_TRAIN_IMAGES
+from tests.synthesis_runs import JAX_RUN_NAME as RUN_NAME
+from tests.synthesis_runs import JAX_SYNTHESIS_NAMES as SYNTHESIS_NAMES
 
-SYNTHESIZE_PY = REPO_ROOT / "efficient_vdvae_jax" / "synthesize.py"
 SUMMARY = re.compile(r"(NELBO|reconstruction|KL|SSIM) (-?[0-9.]+)")
 
 
@@ -178,8 +180,7 @@ def test_encoding(jax_run, tmp_path, monkeypatch, capsys):
 
 
 def test_missing_checkpoint_is_one_line(jax_run, tmp_path):
-    result = run_subprocess([str(SYNTHESIZE_PY), *jax_run.arguments("synthesis.synthesis_mode=generation")],
-                            tmp_path)
+    result = jax_run.synthesize("synthesis.synthesis_mode=generation", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: no checkpoint in ") and result.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
