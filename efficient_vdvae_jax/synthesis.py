@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from efficient_vdvae_common.data import DataError, run_split
 from efficient_vdvae_common.encodings import Encodings, EncodingsBuilder
-from efficient_vdvae_common.architecture import (LN2, MNIST_CROP, group_shapes, is_binarized_mnist, num_latent_groups,
+from efficient_vdvae_common.architecture import (MNIST_CROP, group_shapes, is_binarized_mnist, num_latent_groups,
                                                 num_levels)
 from efficient_vdvae_common.importance_sampling import batch_bound_sum, sample_passes
 from efficient_vdvae_common.image_grids import SampleGrid, generation_grid_path
@@ -44,7 +44,6 @@ from efficient_vdvae_common.images import model_space_to_uint8, write_png
 from efficient_vdvae_common.latent_decoding import (decoding_batches, decoding_inputs, load_encodings_for_decoding,
                                                     posterior_sample_rng, write_decoded_images)
 from efficient_vdvae_common.model_health import check_finite_outputs, check_finite_weights, describe_images
-from efficient_vdvae_common.objective import gaussian_kl
 from efficient_vdvae_common.output_distribution import OutputDistribution
 from efficient_vdvae_common.synthesis_files import (ReconstructionFiles, ReconstructionMetrics,
                                                     generated_image_name, load_run_div_stats, needs_variate_masks,
@@ -59,6 +58,7 @@ from efficient_vdvae_jax.distributed import (data_sharding, global_mesh, is_main
                                              replicate, replicated_sharding, shard_batch, to_host)
 from efficient_vdvae_jax.model import UniversalAutoEncoder, compute_loss
 from efficient_vdvae_jax.model.latent_layers import gaussian_std
+from efficient_vdvae_jax.model.losses import kl_per_variate
 from efficient_vdvae_jax.model.output_distribution import bernoulli_log_prob, mol_log_prob, render_output
 from efficient_vdvae_jax.model.ssim import ssim_per_image
 from hparams.saved_run import logs_dir
@@ -370,12 +370,10 @@ def generate(hp: Any, model: UniversalAutoEncoder, params: Any, output_dir: str 
 
 def make_div_stats_step(hp: Any, model: UniversalAutoEncoder) -> Callable:
     """`per_image = step(params, rng, x)`: (B, L, variates) KL in bits, averaged over positions."""
-    base, beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
 
     def step(params, rng, x):
         _, posterior, prior = model.apply({"params": params}, rng, x)
-        return jnp.stack([jnp.mean(gaussian_kl(post, pri, base, beta, jnp), axis=(1, 2))
-                          for post, pri in zip(posterior, prior)], axis=1) / LN2
+        return kl_per_variate(hp, posterior, prior)
 
     return jax.jit(step)
 

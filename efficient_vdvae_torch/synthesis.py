@@ -359,9 +359,8 @@ def compute_div_stats(hp: Any, model: UniversalAutoEncoder, device: torch.device
         if len(images):
             x = _local_images(data, device)
             _, posterior_stats, prior_stats = model(x, noise=image_noise(hp, POSTERIOR_STREAM, images, device))
-            kl = [kl_per_variate(hp, _image_rows(posterior_stats, r), _image_rows(prior_stats, r)).double().cpu()
-                  for r in range(len(images))]
-            part = {"kl": [k.numpy() for k in kl], "finite": _all_finite(*kl)}
+            kl = kl_per_variate(hp, posterior_stats, prior_stats).double().cpu()
+            part = {"kl": list(kl.numpy()), "finite": _all_finite(kl)}
         parts = gather_from_ranks(part)
         _check_all_ranks([p["finite"] for p in parts], "div_stats", hp)
         for p in parts:  # image order

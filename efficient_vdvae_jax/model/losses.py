@@ -30,6 +30,17 @@ def gamma_balanced_kl(hp: Any, kl_per_group: jax.Array, avg_kl_per_group_nats: j
     return jnp.where(applies, jnp.sum(gamma_weights(balance) * kl_per_group), total)
 
 
+def kl_per_variate(hp: Any, posterior_stats: Sequence[GaussianStats], prior_stats: Sequence[GaussianStats]
+                   ) -> jax.Array:
+    """(B, L, variates) KL in bits per image, averaged over positions: the terms of div_stats (every group
+    has the same number of variates: the config's validation asks it of the modes that compute this)."""
+    base, smoothing_beta = hp.model.distribution_base, hp.model.gradient_smoothing_beta
+    return jnp.stack([
+        jnp.mean(gaussian_kl(post, prior, base, smoothing_beta, jnp), axis=(1, 2)) / LN2
+        for post, prior in zip(posterior_stats, prior_stats, strict=True)
+    ], axis=1)
+
+
 def compute_loss(hp: Any, x: jax.Array, logits: jax.Array, posterior_stats: Sequence[GaussianStats],
                  prior_stats: Sequence[GaussianStats], step: jax.Array | int | None,
                  variate_masks: Sequence[jax.Array | None] | None = None) -> LossOutput:

@@ -11,7 +11,7 @@ from scipy import special, stats
 
 from efficient_vdvae_common.objective import gaussian_kl
 from efficient_vdvae_common.output_distribution import OutputDistribution
-from efficient_vdvae_jax.model.losses import compute_loss, gamma_balanced_kl
+from efficient_vdvae_jax.model.losses import compute_loss, gamma_balanced_kl, kl_per_variate
 from efficient_vdvae_jax.model.output_distribution import bernoulli_log_prob, mol_log_prob, sample_mol
 from tests.jax.helpers import load_reference_config, load_tiny_config
 
@@ -101,6 +101,20 @@ def test_gaussian_kl_closed_form(base):
     scale_p, scale_q = (raw_p, raw_q) if base == "logstd" else (std_p, std_q)
     kl = gaussian_kl((jnp.asarray(mp), jnp.asarray(scale_p)), (jnp.asarray(mq), jnp.asarray(scale_q)), base, b, jnp)
     np.testing.assert_allclose(kl, closed_form_kl(mp, std_p, mq, std_q), rtol=1e-4, atol=1e-6)
+
+
+def test_kl_per_variate_averages_positions_in_bits_per_image():
+    hp = load_reference_config()  # the 'std' base
+    rng = np.random.default_rng(4)
+    shapes = [(2, 2, 2, 8), (2, 4, 4, 8)]  # NHWC, one group per resolution
+    posterior = [(rng.normal(size=shape), rng.uniform(0.5, 2.0, size=shape)) for shape in shapes]
+    prior = [(rng.normal(size=shape), rng.uniform(0.5, 2.0, size=shape)) for shape in shapes]
+    ours = kl_per_variate(hp, [tuple(map(jnp.asarray, s)) for s in posterior],
+                          [tuple(map(jnp.asarray, s)) for s in prior])
+    assert ours.shape == (2, 2, 8)
+    for group, ((mp, sp), (mq, sq)) in enumerate(zip(posterior, prior)):
+        expected = closed_form_kl(mp, sp, mq, sq).mean(axis=(1, 2)) / math.log(2)
+        np.testing.assert_allclose(ours[:, group], expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("scaled_gamma", [True, False])
