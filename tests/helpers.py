@@ -59,6 +59,14 @@ JAX_TINY_MODEL = ("data.target_res=16",) + TWO_LEVEL_MODEL
 JAX_TRAIN_PY = Path(__file__).resolve().parent.parent / "efficient_vdvae_jax" / "train.py"
 REFERENCE_CONFIG = Path(__file__).resolve().parent / "fixtures" / "original_torch_small" / "config.cfg"
 
+# The fixture written by the original JAX code; CI puts a copy of shared/ beside the clone (<repo>/../shared),
+# as on the development machine.
+ORIGINAL_JAX_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "original_jax_small"
+MSGPACK = ORIGINAL_JAX_DIR / "checkpoints_msgpack" / "checkpoint_3"
+ORBAX = ORIGINAL_JAX_DIR / "checkpoints_orbax" / "checkpoint_3"
+FORMATS = {"msgpack": MSGPACK, "orbax": ORBAX}
+NUM_GROUPS = 10
+
 
 def train_command(overrides: list[str]) -> list[str]:
     """The JAX train.py on the reference config with `overrides`."""

@@ -272,10 +272,9 @@ def test_two_processes_resume_from_an_original_jax_checkpoint(tmp_path, tmp_path
     """The original JAX code's orbax checkpoint, where its README unzips it, resumed by two processes:
     the converted state goes through host memory onto the global mesh (jax.device_put of arrays
     already on a device breaks across processes)."""
-    from tests.helpers import numbered_pngs, write_random_pngs
-    from tests.original_jax.conftest import ORIGINAL_JAX_DIR
-    from tests.original_jax.test_original_jax_conversion import restore_jax
-    from tests.original_jax.test_original_jax_resume import place_original
+    from tests.helpers import ORIGINAL_JAX_DIR, numbered_pngs, write_random_pngs
+    from tests.common.test_original_jax_checkpoint_conversion import restore_jax
+    from tests.common.test_original_jax_checkpoint_resume import place_original
 
     if not ORIGINAL_JAX_DIR.is_dir():
         pytest.skip(f"the original-JAX fixture {ORIGINAL_JAX_DIR} is not there")

@@ -8,8 +8,8 @@ import pytest
 
 from efficient_vdvae_common.parameter_layouts import flax_array_to_torch, torch_key_to_flax_path
 from tests.conftest import REFERENCE_CONFIG, REFERENCE_OVERRIDES
+from tests.helpers import MSGPACK, ORBAX
 from tests.jax.helpers import load_reference_config
-from tests.original_jax.conftest import MSGPACK, ORBAX
 
 FRAMEWORKS = ("torch", "jax")
 # A large base learning rate makes the update far larger than the float32 rounding of the weights;

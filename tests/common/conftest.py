@@ -1,22 +1,13 @@
-"""Fixtures of the original-JAX checkpoint tests: the shared fixture written by the original JAX code.
-
-CI puts a copy of shared/ beside the clone (<repo>/../shared), as on the development machine.
-"""
+"""Fixtures of the original-JAX checkpoint tests (test_original_jax_checkpoint*.py): the shared fixture written
+by the original JAX code (tests/helpers.py: ORIGINAL_JAX_DIR)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
-
-ORIGINAL_JAX_DIR = REPO_ROOT.parent / "shared" / "reference" / "original_jax_small"
-MSGPACK = ORIGINAL_JAX_DIR / "checkpoints_msgpack" / "checkpoint_3"
-ORBAX = ORIGINAL_JAX_DIR / "checkpoints_orbax" / "checkpoint_3"
-FORMATS = {"msgpack": MSGPACK, "orbax": ORBAX}
-NUM_GROUPS = 10
+from tests.helpers import FORMATS, ORIGINAL_JAX_DIR
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REFERENCE_CONFIG, REPO_ROOT
-from tests.helpers import numbered_pngs, write_random_pngs
-from tests.original_jax.conftest import MSGPACK, ORBAX
+from tests.helpers import MSGPACK, ORBAX, numbered_pngs, write_random_pngs
 
 FRAMEWORKS = ("torch", "jax")
 
@@ -60,7 +59,7 @@ def test_train_resumes_from_the_original_step(tmp_path, images, framework, fmt, 
     assert "step 4" in result.stdout and "step 1/" not in result.stdout
 
     if framework == "torch":
-        from tests.original_jax.test_original_jax_conversion import restore_torch
+        from tests.common.test_original_jax_checkpoint_conversion import restore_torch
         from tests.jax.helpers import load_reference_config
 
         kept = tmp_path / "checkpoints-small.original-jax" / "checkpoint_3"
@@ -70,7 +69,7 @@ def test_train_resumes_from_the_original_step(tmp_path, images, framework, fmt, 
         counts = {int(state["step"]) for state in optimizer.state.values()}
         assert counts == {4}
     else:
-        from tests.original_jax.test_original_jax_conversion import restore_jax
+        from tests.common.test_original_jax_checkpoint_conversion import restore_jax
         from tests.jax.helpers import load_reference_config
         from efficient_vdvae_common.parameter_layouts import flax_params_to_torch_state_dict
 

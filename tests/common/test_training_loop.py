@@ -3,7 +3,7 @@ through each framework's real train step (Adamax, cosine schedule with warm-up, 
 KL warm-up beta and gamma balancing all active) give the same losses, parameters and EMA.
 
 Tolerance, from float32 accumulation. One forward/backward pass of these models agrees between
-the frameworks to a relative error delta ~ 1e-5 (test_jax_parity allows 1e-4 for 3x3 models):
+the frameworks to a relative error delta ~ 1e-5 (jax/test_model_torch_parity.py allows 1e-4 for 3x3 models):
 the two sum the same products in different orders, each float32 addition rounding by
 2**-24 ~ 6e-8, over reductions of up to ~1e2 terms in series with ~30 layers. Adamax moves an
 element by lr_t * m_t / u_t with |m_t / u_t| <= 1, so a relative gradient error delta changes one

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from efficient_vdvae_common.parameter_layouts import flax_shape, torch_key_to_flax_path
+from tests.helpers import FORMATS, NUM_GROUPS, ORIGINAL_JAX_DIR
 from tests.jax.helpers import load_reference_config
-from tests.original_jax.conftest import FORMATS, NUM_GROUPS, ORIGINAL_JAX_DIR
 
 SCALAR_RTOL = 1e-5
 KL_ATOL = 1e-9  # the smallest groups' KL (~2e-7) sits near float32 resolution

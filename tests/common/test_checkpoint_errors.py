@@ -17,15 +17,12 @@ import pytest
 
 from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
 from tests.conftest import REFERENCE_CONFIG, REFERENCE_OVERRIDES, REPO_ROOT
-from tests.helpers import TINY_MODEL, TWO_LEVEL_MODEL, numbered_pngs, write_random_pngs
+from tests.helpers import (JAX_TINY_MODEL, MSGPACK, ORBAX, ORIGINAL_JAX_DIR, TINY_MODEL, numbered_pngs,
+                           write_random_pngs)
 
-ORIGINAL_JAX_DIR = REPO_ROOT.parent / "shared" / "reference" / "original_jax_small"
-MSGPACK = ORIGINAL_JAX_DIR / "checkpoints_msgpack" / "checkpoint_3"
-ORBAX = ORIGINAL_JAX_DIR / "checkpoints_orbax" / "checkpoint_3"
 FRAMEWORKS = ("torch", "jax")
 needs_original_jax = pytest.mark.skipif(not ORIGINAL_JAX_DIR.is_dir(), reason=f"no fixture {ORIGINAL_JAX_DIR}")
-JAX_TINY = ("data.target_res=16",) + TWO_LEVEL_MODEL  # the JAX training tests' model
-MODELS = {"torch": TINY_MODEL, "jax": JAX_TINY}
+MODELS = {"torch": TINY_MODEL, "jax": JAX_TINY_MODEL}
 
 
 def load(*overrides: str):
@@ -248,7 +245,7 @@ def test_a_damaged_jax_step_falls_back_to_the_newest_complete_one(tmp_path, caps
     path = write_checkpoint("jax", tmp_path)
     damage(path / "2")
     before = sorted(p.name for p in path.iterdir())
-    assert restore_jax(path, load(*JAX_TINY), move_unreadable_aside=aside).global_step == 1
+    assert restore_jax(path, load(*JAX_TINY_MODEL), move_unreadable_aside=aside).global_step == 1
     out = capsys.readouterr().out
     assert str(path / "2") in out and "fell back" in out
     if aside:  # the trainer: moved aside, not deleted
@@ -269,7 +266,7 @@ def test_a_failure_that_is_not_the_files_is_raised_and_renames_nothing(tmp_path,
 
     monkeypatch.setattr(ocp.CheckpointManager, "restore", out_of_memory)
     with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
-        restore_jax(path, load(*JAX_TINY), move_unreadable_aside=True)
+        restore_jax(path, load(*JAX_TINY_MODEL), move_unreadable_aside=True)
     assert sorted(p.name for p in path.iterdir()) == ["1", "2"]
 
 
@@ -279,7 +276,7 @@ def test_synthesis_falls_back_without_renaming(tmp_path, capsys):
 
     path = write_checkpoint("jax", tmp_path)
     truncate_arrays(path / "2")
-    hp = load(*JAX_TINY, "run.name='x'")
+    hp = load(*JAX_TINY_MODEL, "run.name='x'")
     load_synthesis_params(hp, UniversalAutoEncoder(hp), tmp_path)
     out = capsys.readouterr().out
     assert "fell back" in out and "(step 1)" in out
@@ -299,7 +296,7 @@ def test_to_torch_falls_back_without_renaming_and_force_replaces_a_folder_with_u
 
     path = write_checkpoint("jax", tmp_path)
     truncate_arrays(path / "2")
-    settings = ("--config", str(REFERENCE_CONFIG), "--set", *REFERENCE_OVERRIDES, *JAX_TINY)
+    settings = ("--config", str(REFERENCE_CONFIG), "--set", *REFERENCE_OVERRIDES, *JAX_TINY_MODEL)
     main(["to-torch", str(path), str(tmp_path / "checkpoints-torch"), *settings])
     assert load_checkpoint(tmp_path / "checkpoints-torch")["global_step"] == 1
     assert sorted(p.name for p in path.iterdir()) == ["1", "2"]
