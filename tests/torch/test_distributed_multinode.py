@@ -156,7 +156,7 @@ def _files_under(folder: Path) -> list[Path]:
 def test_two_nodes_match_one_process(run_overrides, tmp_path, assert_same_tree, nodes):
     """Same global batch (4 = 2 nodes x 2), same seed: the weights after the first real update
     agree with one process to float32 precision (settings as the 2-rank test of
-    test_training_processes.py). This needs the sampler and the latent noise to split by the
+    test_trainer_processes.py). This needs the sampler and the latent noise to split by the
     global rank: split by the local rank (0 on both nodes), both would train on the same images.
 
     Each node runs in a folder of its own (no shared filesystem): node 1 (global rank 1) writes
