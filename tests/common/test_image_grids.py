@@ -121,7 +121,7 @@ def test_grid_layout_caps_large_images():
 
 def test_demo_figure_puts_the_grids_side_by_side_scaled(tmp_path):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("quickstart_demo", Path(__file__).parent.parent / "scripts"
+    spec = importlib.util.spec_from_file_location("quickstart_demo", Path(__file__).parents[2] / "scripts"
                                                   / "quickstart_demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
