@@ -1,4 +1,9 @@
-"""efficient_vdvae_jax/synthesize.py on a tiny trained JAX run: the four modes, their files and errors."""
+"""efficient_vdvae_jax/synthesize.py on a tiny trained JAX run: the four modes, their files and errors.
+
+The torch and JAX files check the same outputs of each mode, and so read alike; they stay two
+because each recomputes what a mode wrote from its own framework's internals (the DataLoader and the
+EMA module here, the iterator and model.apply there; NCHW here, NHWC there), which is the check.
+"""
 from __future__ import annotations
 
 import math

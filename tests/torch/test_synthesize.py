@@ -1,4 +1,9 @@
-"""synthesize.py end to end on a tiny trained run: the four modes and their errors."""
+"""efficient_vdvae_torch/synthesize.py end to end on a tiny trained run: the four modes, their files and errors.
+
+The torch and JAX files check the same outputs of each mode, and so read alike; they stay two
+because each recomputes what a mode wrote from its own framework's internals (the DataLoader and the
+EMA module here, the iterator and model.apply there; NCHW here, NHWC there), which is the check.
+"""
 from __future__ import annotations
 
 import math
