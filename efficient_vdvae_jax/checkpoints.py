@@ -87,7 +87,7 @@ def abstract_train_state(hp: Any, model: UniversalAutoEncoder, sharding: NamedSh
 _EXECUTOR_THREAD_PREFIX = "asyncio_"
 
 
-def settle_failed_writes(timeout_s: float = 30.0) -> None:
+def _settle_failed_writes(timeout_s: float = 30.0) -> None:
     """Let the writes of a failed orbax save that are still running end before its folder is removed.
 
     The save raises with the first failed write while the others go on in executor threads (orbax then
@@ -156,7 +156,7 @@ class TrainingCheckpoints:
                 }))
                 self.manager.wait_until_finished()
             except BaseException:
-                settle_failed_writes()
+                _settle_failed_writes()
                 self.remove_temporary_folders(step)
                 raise
 

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# A 16x16 model of ~11k parameters: tests run real steps on 2 shared CPU cores.
+FRAMEWORKS = ("torch", "jax")
 # End-to-end tests that run over both frameworks: each JAX case compiles its own programs (20-40 s on 2
 # cores), so those cases run with the slow suite and the PyTorch case keeps the check in the default one.
 FRAMEWORKS_JAX_SLOW = ["torch", pytest.param("jax", marks=pytest.mark.slow)]
 
+# A 16x16 model of ~11k parameters: tests run real steps on 2 shared CPU cores.
 TINY_MODEL = (
     "data.target_res=16",
     "model.input_conv_filters=8",

@@ -17,10 +17,9 @@ import pytest
 
 from efficient_vdvae_common.training_progress import CheckpointError, TrainingProgress
 from tests.conftest import REFERENCE_CONFIG, REFERENCE_OVERRIDES, REPO_ROOT
-from tests.helpers import (JAX_TINY_MODEL, MSGPACK, ORBAX, ORIGINAL_JAX_DIR, TINY_MODEL, numbered_pngs,
+from tests.helpers import (FRAMEWORKS, JAX_TINY_MODEL, MSGPACK, ORBAX, ORIGINAL_JAX_DIR, TINY_MODEL, numbered_pngs,
                            write_random_pngs)
 
-FRAMEWORKS = ("torch", "jax")
 needs_original_jax = pytest.mark.skipif(not ORIGINAL_JAX_DIR.is_dir(), reason=f"no fixture {ORIGINAL_JAX_DIR}")
 MODELS = {"torch": TINY_MODEL, "jax": JAX_TINY_MODEL}
 

@@ -8,10 +8,9 @@ import pytest
 
 from efficient_vdvae_common.parameter_layouts import flax_array_to_torch, torch_key_to_flax_path
 from tests.conftest import REFERENCE_CONFIG, REFERENCE_OVERRIDES
-from tests.helpers import MSGPACK, ORBAX
+from tests.helpers import FRAMEWORKS, MSGPACK, ORBAX
 from tests.jax.helpers import load_reference_config
 
-FRAMEWORKS = ("torch", "jax")
 # A large base learning rate makes the update far larger than the float32 rounding of the weights;
 # the schedule (warm-up over 100 steps, at step 3) is the fixture's.
 LEARNING_RATE = 1.0

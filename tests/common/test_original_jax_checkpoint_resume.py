@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REFERENCE_CONFIG, REPO_ROOT
-from tests.helpers import MSGPACK, ORBAX, numbered_pngs, write_random_pngs
+from tests.helpers import FRAMEWORKS, MSGPACK, ORBAX, numbered_pngs, write_random_pngs
 
-FRAMEWORKS = ("torch", "jax")
 
 
 def place_original(run_folder, fmt: str, name: str = "small"):

@@ -12,8 +12,8 @@ import pytest
 from scipy.signal import correlate2d
 
 from efficient_vdvae_common.padding import same_padding_pairs
+from tests.helpers import FRAMEWORKS
 
-FRAMEWORKS = ("torch", "jax")
 
 
 def reference_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, pads) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 from hparams.config import Config, load_config
 from hparams.schema import LEARNING_RATE_SCHEMES, OPTIMIZERS, OUTPUT_SAMPLINGS, VARIATION_SCHEDULES
-FRAMEWORKS = ("torch", "jax")
+from tests.helpers import FRAMEWORKS
 
 REFERENCE = "egs/quickstart.cfg"
 
